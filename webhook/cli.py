@@ -1,0 +1,153 @@
+"""The `upgrade-guard` command: certs, serve, check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.config
+import sys
+from pathlib import Path
+
+import yaml
+
+from webhook import certs
+from webhook.logs import logging_dict
+from webhook.settings import DECISION, SERVE, SettingError, decision_config, resolve
+
+log = logging.getLogger("upgrade_guard")
+
+
+class _JsonYamlLoader(yaml.SafeLoader):
+    """YAML as JSON sees it: timestamps stay strings, as the apiserver would send them."""
+
+
+_JsonYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="upgrade-guard",
+        description="Admission webhook that keeps Harvester Upgrade status from being wiped.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    make = commands.add_parser("certs", help="make a CA and a serving certificate; print the caBundle")
+    make.add_argument("--out", required=True, help="directory to write ca.crt, ca.key, tls.crt, tls.key into")
+    make.add_argument("--service", default=certs.SERVICE, help="webhook Service name [default: %(default)s]")
+    make.add_argument("--namespace", default=certs.NAMESPACE, help="its namespace [default: %(default)s]")
+    make.add_argument("--san", action="append", default=[], metavar="NAME_OR_IP", help="another name (repeatable)")
+    make.add_argument("--days", type=int, default=365, help="serving certificate lifetime [default: %(default)s]")
+
+    serve = commands.add_parser(
+        "serve", help="serve /validate and /mutate over TLS",
+        description="Every setting can also come from its environment variable; a flag wins over it.",
+    )
+    for setting in SERVE + DECISION:
+        setting.add_to(serve)
+
+    check = commands.add_parser(
+        "check", help="decide offline whether an update from OLD to NEW would be a violation",
+        description="Exit 0 when allowed, 1 on a violation, 2 on bad input.",
+    )
+    check.add_argument("old", help="the stored Upgrade (YAML or JSON)")
+    check.add_argument("new", help="the written Upgrade (YAML or JSON)")
+    check.add_argument("--user", default="", help="who writes [default: an unnamed user]")
+    check.add_argument("--group", action="append", default=[], help="a group of the writer (repeatable)")
+    for setting in DECISION:
+        setting.add_to(check)
+    return parser
+
+
+def _certs(args: argparse.Namespace) -> int:
+    if args.days <= 0:
+        raise SettingError("--days must be positive")
+    names = certs.service_names(args.service, args.namespace) + args.san
+    print(certs.write_bundle(args.out, names, args.days))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from webhook.server import GuardServer  # gunicorn only where it is used
+
+    values = resolve(SERVE + DECISION, args)
+    config = decision_config(values)
+    logging.config.dictConfig(logging_dict(values["log_level"]))
+    cert_dir = Path(values["cert_dir"])
+    if values["dev"] and not (cert_dir / "tls.crt").exists():
+        certs.write_bundle(cert_dir, ["localhost", "127.0.0.1", "::1"] + certs.service_names())
+        log.info("development certificates written", extra={"cert_dir": str(cert_dir)})
+    if not (cert_dir / "tls.crt").exists() or not (cert_dir / "tls.key").exists():
+        raise SettingError(f"no tls.crt and tls.key in {cert_dir}: pass --dev, or make them with "
+                           f"`upgrade-guard certs --out {cert_dir}`")
+    log.info("starting", extra={"bind": values["bind"], "workers": values["workers"], "strict": config.strict,
+                                "label": config.label, "protected": [str(p) for p in config.protected],
+                                "exempt_users": sorted(config.exempt_users),
+                                "exempt_groups": sorted(config.exempt_groups)})
+    GuardServer(config, cert_dir=cert_dir, bind=values["bind"], workers=values["workers"],
+                threads=values["threads"], max_body=values["max_body"], keepalive=values["keepalive"],
+                log_level=values["log_level"]).run()
+    return 0
+
+
+def _load(path: str) -> dict:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        document = yaml.load(text, Loader=_JsonYamlLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise SettingError(f"cannot read {path}: {err}") from None
+    if not isinstance(document, dict):
+        raise SettingError(f"{path} does not hold one object")
+    return document
+
+
+def _check(args: argparse.Namespace) -> int:
+    from webhook.decision import Request, decide
+
+    config = decision_config(resolve(DECISION, args))
+    old, new = _load(args.old), _load(args.new)
+    metadata = new.get("metadata") if isinstance(new.get("metadata"), dict) else {}
+    api_version = new.get("apiVersion") if isinstance(new.get("apiVersion"), str) else ""
+    request = Request(
+        operation="UPDATE",
+        group=api_version.rpartition("/")[0],
+        kind=new.get("kind") if isinstance(new.get("kind"), str) else "",
+        subresource="",
+        namespace=str(metadata.get("namespace") or ""),
+        name=str(metadata.get("name") or ""),
+        user=args.user,
+        groups=tuple(args.group),
+        old=old,
+        new=new,
+    )
+    decision = decide(request, config)
+    if not decision.violation:
+        print(f"allowed: {decision.reason}")
+        return 0
+    print(f"violation: {decision.reason}")
+    print(f"/validate denies it: {decision.message}")
+    print(f"/mutate restores {', '.join(decision.fields)} with this JSON Patch:")
+    print(json.dumps(decision.patch, indent=2))
+    return 1
+
+
+COMMANDS = {"certs": _certs, "serve": _serve, "check": _check}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SettingError as err:
+        print(f"upgrade-guard: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # an unexpected failure is exit 2, never 1 (which means "violation")
+        print(f"upgrade-guard: unexpected error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The decision: given the stored and the written Upgrade, who writes, and the config, allow or find a violation.
+
+Pure: no I/O, no web framework, no globals. Everything the guard promises is decided here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from webhook.config import Config, FieldPath
+from webhook.values import describe, lookup, same, same_except
+
+GROUP = "harvesterhci.io"
+KIND = "Upgrade"
+MISSING = object()
+
+
+@dataclass(frozen=True)
+class Request:
+    """The parts of an admission request the decision needs, already taken out of the review."""
+
+    operation: str
+    group: str
+    kind: str
+    subresource: str
+    namespace: str
+    name: str
+    user: str
+    groups: tuple[str, ...]
+    old: object
+    new: object
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class Change:
+    """A protected field the write would change, with the old value to put back."""
+
+    path: FieldPath
+    summary: str  # what would be lost, for a person
+    restore: dict  # the JSON Patch operation that puts the stored value back
+
+
+@dataclass(frozen=True)
+class Decision:
+    violation: bool
+    reason: str  # one short phrase, for logs
+    dismissal: bool = False
+    changes: tuple[Change, ...] = ()
+    message: str = ""  # the denial a person reads
+    warning: str = ""  # what a restore did, under 256 characters
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(str(c.path) for c in self.changes)
+
+    @property
+    def patch(self) -> list[dict]:
+        return [c.restore for c in self.changes]
+
+
+def _allow(reason: str, dismissal: bool = False) -> Decision:
+    return Decision(violation=False, reason=reason, dismissal=dismissal)
+
+
+def examined(req: Request) -> str | None:
+    """Why the guard leaves this request alone, or None when the rule applies to it."""
+    if req.operation != "UPDATE":
+        return f"operation {req.operation or 'unknown'} is not examined"
+    if req.group != GROUP or req.kind != KIND:
+        return "not a harvesterhci.io Upgrade"
+    if req.subresource:
+        return f"subresource {req.subresource} is not examined"
+    if not isinstance(req.old, dict) or not isinstance(req.new, dict):
+        return "object or oldObject is not an object"
+    return None
+
+
+def label_value(obj: dict, key: str) -> object:
+    value = lookup(obj, ("metadata", "labels", key))
+    return MISSING if value is None else value
+
+
+def decide(req: Request, config: Config) -> Decision:
+    skipped = examined(req)
+    if skipped:
+        return _allow(skipped)
+    if config.is_exempt(req.user, req.groups):
+        return _allow("exempt writer")
+    old, new = req.old, req.new
+    dismissal = label_value(old, config.label) != label_value(new, config.label)
+    changed = [p for p in config.protected if not same(lookup(old, p.keys), lookup(new, p.keys))]
+    if not changed:
+        return _allow("protected fields unchanged", dismissal)
+    if not config.strict:
+        if not dismissal:
+            return _allow("not a dismissal", dismissal)
+        if not same_except(old, new, config.set_aside):
+            return _allow("dismissal with other changes", dismissal)
+    changes = tuple(Change(p, describe(p, lookup(old, p.keys), lookup(new, p.keys)), restore_op(p, old, new))
+                    for p in changed)
+    return Decision(
+        violation=True,
+        reason="strict: protected field changed" if config.strict else "dismissal would change protected fields",
+        dismissal=dismissal,
+        changes=changes,
+        message=denial_message(req, config, changes, dismissal),
+        warning=restore_warning(req, changes),
+    )
+
+
+def restore_op(path: FieldPath, old: dict, new: dict) -> dict:
+    """One whole-field operation that makes `new` hold exactly old's value at `path` (no `test`: it could fail)."""
+    present, old_value = _member(old, path.keys)
+    if not present:
+        return {"op": "remove", "path": path.pointer}
+    # `add` needs the parent to exist as a map in the written object; build what is missing around the value.
+    node, depth = new, 0
+    while depth < len(path.keys) - 1 and isinstance(node.get(path.keys[depth]), dict):
+        node = node[path.keys[depth]]
+        depth += 1
+    value = old_value
+    for key in reversed(path.keys[depth + 1:]):
+        value = {key: value}
+    return {"op": "add", "path": FieldPath(path.keys[: depth + 1]).pointer, "value": value}
+
+
+def _member(obj: object, keys: tuple[str, ...]) -> tuple[bool, object]:
+    for key in keys:
+        if not isinstance(obj, dict) or key not in obj:
+            return False, None
+        obj = obj[key]
+    return True, obj
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def safe_way(req: Request, config: Config, dismissal: bool) -> str:
+    target = f"kubectl -n {req.namespace} label upgrade {req.name} {config.label}"
+    if dismissal:
+        value = label_value(req.new, config.label)
+        if value is MISSING:
+            return f"To make the same change safely, remove the label only: {target}-"
+        overwrite = " --overwrite" if label_value(req.old, config.label) is not MISSING else ""
+        return f"To make the same change safely, set the label only: {target}={value}{overwrite}"
+    return ("Leave these fields out of the write (kubectl label, annotate and patch keep them as stored); "
+            "an admin who must edit them by hand needs an exempt user or group.")
+
+
+def denial_message(req: Request, config: Config, changes: tuple[Change, ...], dismissal: bool) -> str:
+    lost = _clip("; ".join(c.summary for c in changes), 400)
+    why = ("the Upgrade CRD has no status subresource, so a saved object without them wipes the upgrade's "
+           "history and the controller restarts it")
+    if config.strict and not dismissal:
+        why = "strict mode: only exempt writers may change protected fields"
+    return (f"This write to Upgrade {req.namespace}/{req.name} would lose {lost} ({why}). "
+            f"{safe_way(req, config, dismissal)}")
+
+
+def restore_warning(req: Request, changes: tuple[Change, ...]) -> str:
+    fields = ", ".join(str(c.path) for c in changes)
+    text = (f"upgrade-guard restored {fields} of Upgrade {req.namespace}/{req.name}: the write would have "
+            f"lost them; the rest of it was kept")
+    return _clip(text, 250)

@@ -1,0 +1,116 @@
+"""AdmissionReview in and out: parse what the apiserver sends, answer in its own apiVersion.
+
+The vocabulary follows controller-runtime: a review is answered Allowed, Denied or Patched.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from functools import cached_property
+
+from webhook.decision import Request
+
+API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
+
+
+class BadReview(ValueError):
+    """Input that cannot be answered as an AdmissionReview: the HTTP layer turns it into a 4xx."""
+
+    def __init__(self, message: str, code: int = 400):
+        super().__init__(message)
+        self.code = code
+
+
+def _reject_constant(name: str) -> float:
+    raise BadReview(f"{name} is not a JSON value")
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _map(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class Review:
+    api_version: str
+    uid: str
+    raw: dict  # the review's `request` member, as sent
+
+    @classmethod
+    def parse(cls, body: bytes) -> Review:
+        try:
+            document = json.loads(body, parse_constant=_reject_constant)
+        except BadReview:
+            raise
+        except RecursionError:
+            raise BadReview("the JSON document is nested too deeply") from None
+        except (UnicodeDecodeError, ValueError) as err:
+            raise BadReview(f"the body is not JSON: {err}") from None
+        if not isinstance(document, dict):
+            raise BadReview("the body is not a JSON object")
+        api_version = document.get("apiVersion")
+        if api_version not in API_VERSIONS:
+            raise BadReview(f"apiVersion must be one of {', '.join(API_VERSIONS)}, not {api_version!r}"[:300])
+        if document.get("kind") != "AdmissionReview":
+            raise BadReview("kind must be AdmissionReview")
+        request = document.get("request")
+        if not isinstance(request, dict):
+            raise BadReview("the review has no request object")
+        uid = request.get("uid")
+        if not isinstance(uid, str) or not uid:
+            raise BadReview("request.uid must be a non-empty string")
+        return cls(api_version, uid, request)
+
+    @cached_property
+    def request(self) -> Request:
+        """Leniently: a field of the wrong type reads as absent, and the decision then leaves the request alone."""
+        r = self.raw
+        kind = _map(r.get("kind"))
+        user = _map(r.get("userInfo"))
+        groups = user.get("groups")
+        return Request(
+            operation=_text(r.get("operation")),
+            group=_text(kind.get("group")),
+            kind=_text(kind.get("kind")),
+            subresource=_text(r.get("subResource")) or _text(r.get("requestSubResource")),
+            namespace=_text(r.get("namespace")),
+            name=_text(r.get("name")) or _text(_map(_map(r.get("object")).get("metadata")).get("name")),
+            user=_text(user.get("username")),
+            groups=tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else (),
+            old=r.get("oldObject"),
+            new=r.get("object"),
+            dry_run=r.get("dryRun") is True,
+        )
+
+    def _answer(self, response: dict) -> dict:
+        return {"apiVersion": self.api_version, "kind": "AdmissionReview", "response": {"uid": self.uid, **response}}
+
+    def allowed(self, warnings: tuple[str, ...] = ()) -> dict:
+        response: dict = {"allowed": True}
+        if warnings:
+            response["warnings"] = list(warnings)
+        return self._answer(response)
+
+    def denied(self, message: str, audit: dict[str, str] | None = None) -> dict:
+        response = {
+            "allowed": False,
+            "status": {"code": 403, "reason": "Forbidden", "message": message, "status": "Failure"},
+        }
+        if audit:
+            response["auditAnnotations"] = audit
+        return self._answer(response)
+
+    def patched(self, patch: list[dict], warning: str, audit: dict[str, str]) -> dict:
+        encoded = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+        return self._answer({
+            "allowed": True,
+            "patchType": "JSONPatch",
+            "patch": encoded,
+            "warnings": [warning],
+            "auditAnnotations": audit,
+        })
