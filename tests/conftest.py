@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.guard import Guard
+from webhook import certs
+
+
+@pytest.fixture(scope="session")
+def cert_dir(tmp_path_factory):
+    """A CA and a serving certificate for the Service name and for 127.0.0.1, as `certs --san` makes them."""
+    out = tmp_path_factory.mktemp("certs")
+    certs.write_bundle(out, certs.service_names() + ["localhost", "127.0.0.1"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def guard(cert_dir):
+    """One running guard with default settings, shared by the end-to-end tests that only read from it."""
+    with Guard(cert_dir) as running:
+        yield running

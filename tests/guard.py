@@ -1,0 +1,130 @@
+"""Run a real `upgrade-guard serve` and talk to it as kube-apiserver does (TLS, SNI, keep-alive)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+SERVICE_HOST = "upgrade-guard.harvester-system.svc"
+
+
+def command() -> list[str]:
+    """The installed console script beside this interpreter, as a user runs it."""
+    script = Path(sys.executable).with_name("upgrade-guard")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "webhook"]
+
+
+class ApiserverConnection(http.client.HTTPSConnection):
+    """Connects to 127.0.0.1 but verifies the certificate for the Service name, with SNI, like the apiserver."""
+
+    def __init__(self, port: int, ca_file: str | Path, server_name: str = SERVICE_HOST, timeout: float = 10,
+                 client_cert: tuple[str, str] | None = None):
+        context = ssl.create_default_context(cafile=str(ca_file))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_alpn_protocols(["http/1.1"])
+        if client_cert:
+            context.load_cert_chain(*client_cert)
+        super().__init__("127.0.0.1", port, timeout=timeout, context=context)
+        self.server_name = server_name
+        self._context = context
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(raw, server_hostname=self.server_name)
+
+    def review(self, path: str, document: dict | bytes, headers: dict | None = None) -> tuple[int, dict, dict | bytes]:
+        """POST as the apiserver does; returns status, headers and the decoded JSON answer (bytes if not JSON)."""
+        body = document if isinstance(document, bytes) else json.dumps(document).encode()
+        sent = {"Content-Type": "application/json", "Accept": "application/json, */*",
+                "User-Agent": "kube-apiserver-admission", **(headers or {})}
+        self.request("POST", f"{path}?timeout=5s", body=body, headers=sent)
+        response = self.getresponse()
+        data = response.read()
+        try:
+            data = json.loads(data)
+        except ValueError:
+            pass
+        return response.status, dict(response.getheaders()), data
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        self.request("GET", path)
+        response = self.getresponse()
+        return response.status, response.read()
+
+
+class Guard:
+    """One `upgrade-guard serve` process on a port the OS picked; always stopped by `stop()`."""
+
+    def __init__(self, cert_dir: str | Path, *args: str, env: dict | None = None):
+        self.cert_dir = Path(cert_dir)
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+        self.lines: list[str] = []
+        self._listening = threading.Event()
+
+    def start(self, timeout: float = 20) -> Guard:
+        self.process = subprocess.Popen(
+            [*command(), "serve", "--cert-dir", str(self.cert_dir), "--bind", "127.0.0.1:0", *self.args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._listening.wait(timeout):
+            self.stop()
+            raise RuntimeError("the guard did not start listening:\n" + "\n".join(self.lines[-20:]))
+        self.wait_ready(timeout)
+        return self
+
+    def _read(self) -> None:
+        assert self.process and self.process.stdout
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            found = re.search(r"Listening at: https://127\.0\.0\.1:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+                self._listening.set()
+
+    def connect(self, **kwargs) -> ApiserverConnection:
+        return ApiserverConnection(self.port, self.cert_dir / "ca.crt", **kwargs)
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                connection = self.connect(timeout=2)
+                status, _ = connection.get("/readyz")
+                connection.close()
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline or (self.process and self.process.poll() is not None):
+                raise RuntimeError("the guard did not become ready:\n" + "\n".join(self.lines[-20:]))
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if not self.process or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def __enter__(self) -> Guard:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

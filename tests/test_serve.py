@@ -1,0 +1,102 @@
+"""End to end: a real `upgrade-guard serve` over TLS, called the way kube-apiserver calls it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import ssl
+
+import jsonpatch
+import pytest
+
+from tests.guard import ApiserverConnection, Guard
+from tests.upgrades import dashboard_put, finished_upgrade, kubectl_label, review
+
+STORED = finished_upgrade()
+
+
+def test_dismissal_on_one_keep_alive_connection(guard):
+    connection = guard.connect()
+    sockets = set()
+    for _ in range(3):
+        status, _, answer = connection.review("/validate", review(STORED, dashboard_put(STORED), uid="u-1"))
+        sockets.add(id(connection.sock))
+        assert status == 200
+        assert answer["response"]["uid"] == "u-1" and answer["response"]["allowed"] is False
+        assert answer["response"]["status"]["code"] == 403
+        status, _, answer = connection.review("/mutate", review(STORED, dashboard_put(STORED), uid="u-2"))
+        sockets.add(id(connection.sock))
+        assert answer["response"]["patchType"] == "JSONPatch"
+        patch = json.loads(base64.b64decode(answer["response"]["patch"]))
+        restored = jsonpatch.apply_patch(dashboard_put(STORED), patch)
+        assert restored["status"] == STORED["status"]
+        assert restored["metadata"]["labels"]["harvesterhci.io/read-message"] == "true"
+    assert len(sockets) == 1, "the connection was not kept alive"
+    connection.close()
+
+
+def test_kubectl_label_passes(guard):
+    connection = guard.connect()
+    for path in ("/validate", "/mutate"):
+        status, _, answer = connection.review(path, review(STORED, kubectl_label(STORED)))
+        assert status == 200 and answer["response"] == {"uid": answer["response"]["uid"], "allowed": True}
+    connection.close()
+
+
+def test_health_and_readiness(guard):
+    connection = guard.connect()
+    assert connection.get("/healthz")[0] == 200
+    assert connection.get("/readyz")[0] == 200
+    connection.close()
+
+
+def test_wrong_service_name_fails_verification(guard):
+    with pytest.raises(ssl.SSLCertVerificationError):
+        guard.connect(server_name="someone-else.default.svc").get("/healthz")
+
+
+def _tls12(guard, ciphers: str) -> ApiserverConnection:
+    connection = guard.connect()
+    connection._context.maximum_version = ssl.TLSVersion.TLSv1_2
+    connection._context.set_ciphers(ciphers)
+    return connection
+
+
+def test_tls12_negotiates_forward_secret_aead(guard):
+    connection = _tls12(guard, "ALL:@SECLEVEL=0")
+    assert connection.get("/healthz")[0] == 200
+    name, version, _ = connection.sock.cipher()
+    assert version == "TLSv1.2" and name.startswith("ECDHE-") and ("GCM" in name or "CHACHA20" in name)
+    connection.close()
+
+
+@pytest.mark.parametrize("ciphers", ["ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES128-SHA",
+                                     "AES128-GCM-SHA256:AES256-GCM-SHA384"])
+def test_tls12_without_forward_secret_aead_is_refused(guard, ciphers):
+    with pytest.raises(ssl.SSLError):
+        _tls12(guard, ciphers).get("/healthz")
+
+
+def test_plain_http_is_not_served(guard):
+    with socket.create_connection(("127.0.0.1", guard.port), timeout=5) as raw:
+        raw.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            data = raw.recv(100)
+        except ConnectionResetError:
+            data = b""
+    assert not data.startswith(b"HTTP/1.1 200")
+
+
+def test_strict_mode_from_the_environment(cert_dir):
+    updating = finished_upgrade()
+    updating["status"]["conditions"][0]["status"] = "Unknown"
+    with Guard(cert_dir, "--workers", "1", env={"UPGRADE_GUARD_STRICT": "true"}) as strict:
+        status, _, answer = strict.connect().review("/validate", review(STORED, updating))
+        assert status == 200 and answer["response"]["allowed"] is False
+        assert "strict mode" in answer["response"]["status"]["message"]
+
+
+def test_sigterm_stops_it_cleanly(cert_dir):
+    running = Guard(cert_dir, "--workers", "1").start()
+    assert running.stop() == 0
