@@ -6,6 +6,7 @@ import base64
 import json
 import socket
 import ssl
+import time
 
 import jsonpatch
 import pytest
@@ -100,3 +101,49 @@ def test_strict_mode_from_the_environment(cert_dir):
 def test_sigterm_stops_it_cleanly(cert_dir):
     running = Guard(cert_dir, "--workers", "1").start()
     assert running.stop() == 0
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat_file.parent.name))
+    return found
+
+
+def test_serve_is_the_master_and_its_children_are_the_workers(guard):
+    assert len(_children(guard.process.pid)) == 2
+
+
+def test_dev_generates_certificates_for_localhost(tmp_path):
+    with Guard(tmp_path / "dev", "--dev", "--workers", "1") as dev:
+        assert {"ca.crt", "ca.key", "tls.crt", "tls.key"} <= {p.name for p in (tmp_path / "dev").iterdir()}
+        for name in ("localhost", "127.0.0.1", "upgrade-guard.harvester-system.svc"):
+            connection = dev.connect(server_name=name)
+            assert connection.get("/readyz")[0] == 200
+            connection.close()
+
+
+def test_idle_connections_outlive_the_apiserver_s_and_then_close(cert_dir):
+    """The apiserver drops idle connections after 90 s; the guard keeps them 120 s by default, so it is
+    never the side that closes first. Shown here with short keepalives, and the default read from the config."""
+    from webhook.config import Config
+    from webhook.server import GuardServer
+    server = GuardServer(Config(), cert_dir=cert_dir, bind="127.0.0.1:0", workers=1, threads=1,
+                         max_body=1024, keepalive=120, log_level="info")
+    assert server.cfg.keepalive == 120 > 90 and server.cfg.worker_class_str == "gthread"
+    with Guard(cert_dir, "--workers", "1", "--keepalive", "2") as short:
+        connection = short.connect()
+        assert connection.get("/healthz")[0] == 200
+        time.sleep(1)  # idle, but inside the keepalive: the same connection still answers
+        assert connection.get("/healthz")[0] == 200
+        first = connection.sock
+        deadline = time.monotonic() + 10
+        first.settimeout(10)
+        assert first.recv(1) == b""  # the server closes it once idle for 2 s
+        assert time.monotonic() < deadline
