@@ -10,6 +10,7 @@ from gunicorn.app.base import BaseApplication
 from webhook.app import create_app
 from webhook.config import Config
 from webhook.logs import logging_dict
+from webhook.multiproc import MetricsDirectory
 from webhook.tls import CERT_FILE, KEY_FILE, ServingCertificate
 
 
@@ -20,12 +21,13 @@ def _tmp_dir() -> str | None:
 
 class GuardServer(BaseApplication):
     def __init__(self, config: Config, *, cert_dir: str | Path, bind: str, workers: int, threads: int,
-                 max_body: int, keepalive: int, log_level: str):
+                 max_body: int, keepalive: int, log_level: str, metrics_dir: str = ""):
         self.config = config
         self.cert_dir = Path(cert_dir)
         self.certificate = ServingCertificate(self.cert_dir)
         self.certificate.refresh()  # load (and log the expiry) once before the workers fork
         self.max_body = max_body
+        self.metrics_dir = MetricsDirectory.open(metrics_dir)  # before any worker imports prometheus_client
         self.options = {
             "bind": [bind],
             "workers": workers,
@@ -44,6 +46,8 @@ class GuardServer(BaseApplication):
             "worker_tmp_dir": _tmp_dir(),
             "control_socket_disable": True,  # it would write under $HOME, which is read-only in the pod
             "proc_name": "upgrade-guard",
+            "child_exit": self.metrics_dir.worker_exited,
+            "on_exit": self.metrics_dir.close,
         }
         super().__init__()
 
@@ -55,5 +59,12 @@ class GuardServer(BaseApplication):
             if value is not None:
                 self.cfg.set(key, value)
 
+    def _not_after(self):
+        loaded = self.certificate.refresh()
+        return loaded.not_after if loaded else None
+
     def load(self):
-        return create_app(self.config, self.certificate.problem, self.max_body)
+        from webhook.metrics import Instrumented  # in the worker, once the metrics directory is exported
+
+        return Instrumented(create_app(self.config, self.certificate.problem, self.max_body), self.config,
+                            self._not_after)
