@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="upgrade-guard-overhead-")
+from webhook.multiproc import MetricsDirectory
+
+DIRECTORY = MetricsDirectory.open()  # as the server's master does, before prometheus_client is imported
 
 from webhook.app import REVIEW_OUTCOME, create_app  # noqa: E402  (after the variable, as in a worker)
 from webhook.config import Config  # noqa: E402
@@ -74,4 +73,4 @@ if __name__ == "__main__":
     try:
         main(int(sys.argv[1]) if len(sys.argv) > 1 else 7)
     finally:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+        DIRECTORY.close()
