@@ -119,7 +119,8 @@ def test_in_flight_and_certificate_expiry(exercised, cert_dir):
     samples = exercised.first_scrape
     assert value(samples, "upgrade_guard_requests_in_flight") == 0
     served = x509.load_pem_x509_certificate((cert_dir / "tls.crt").read_bytes())
-    assert value(samples, "upgrade_guard_certificate_expiry_timestamp_seconds") == served.not_valid_after_utc.timestamp()
+    expiry = value(samples, "upgrade_guard_certificate_expiry_timestamp_seconds")
+    assert expiry == served.not_valid_after_utc.timestamp()
 
 
 def test_process_metrics_cover_the_master_and_every_worker(exercised):

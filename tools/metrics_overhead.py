@@ -53,7 +53,8 @@ def _recording(decision: str, fields: tuple[str, ...]):
 def main(rounds: int) -> None:
     logging.disable(logging.CRITICAL)  # the review log line is not what is measured here
     config = Config()
-    for name, decision, fields in (("allowed", "allowed", ()), ("denied, 2 fields", "denied", ("status", "metadata.finalizers"))):
+    cases = (("allowed", "allowed", ()), ("denied, 2 fields", "denied", ("status", "metadata.finalizers")))
+    for name, decision, fields in cases:
         stub = _recording(decision, fields)
         layer = Instrumented(stub, config, lambda: None)
         bare = min(_per_review(stub, 20000) for _ in range(rounds))

@@ -34,7 +34,8 @@ def _default(setting: Setting) -> str:
 
 def _row(setting: Setting, commands: str) -> str:
     flag = f"`{setting.flag}`" + (" (repeatable)" if setting.many else "")
-    env = f"`{setting.env}`" + (" (comma-separated)" if setting.many else "") + (" (`true`/`false`)" if setting.switch else "")
+    env = (f"`{setting.env}`" + (" (comma-separated)" if setting.many else "")
+           + (" (`true`/`false`)" if setting.switch else ""))
     return f"| {flag} | {env} | {_default(setting)} | {_cell(setting.help)} | {commands} |"
 
 
