@@ -83,6 +83,7 @@ def exercised(cert_dir, tmp_path_factory):
     metrics_dir = tmp_path_factory.mktemp("metrics")
     guard = Guard(cert_dir, "--workers", "2", "--metrics-dir", str(metrics_dir)).start()
     try:
+        wait_for(lambda: len(workers(guard)) == 2)
         send_all(guard)
         guard.metrics_dir = metrics_dir
         guard.first_scrape = scrape(guard)
