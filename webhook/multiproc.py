@@ -55,7 +55,7 @@ class MetricsDirectory:
 
         multiprocess.mark_process_dead(worker.pid, str(self.path))
 
-    def close(self, _server=None) -> None:
-        """gunicorn's on_exit hook."""
+    def close(self) -> None:
+        """When the master exits."""
         if self.private:
             shutil.rmtree(self.path, ignore_errors=True)

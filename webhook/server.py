@@ -27,7 +27,7 @@ class GuardServer(BaseApplication):
         self.certificate = ServingCertificate(self.cert_dir)
         self.certificate.refresh()  # load (and log the expiry) once before the workers fork
         self.max_body = max_body
-        self.metrics_dir = MetricsDirectory.open(metrics_dir)  # before any worker imports prometheus_client
+        self.metrics_dir = metrics_dir
         self.options = {
             "bind": [bind],
             "workers": workers,
@@ -46,8 +46,6 @@ class GuardServer(BaseApplication):
             "worker_tmp_dir": _tmp_dir(),
             "control_socket_disable": True,  # it would write under $HOME, which is read-only in the pod
             "proc_name": "upgrade-guard",
-            "child_exit": self.metrics_dir.worker_exited,
-            "on_exit": self.metrics_dir.close,
         }
         super().__init__()
 
@@ -58,6 +56,17 @@ class GuardServer(BaseApplication):
         for key, value in self.options.items():
             if value is not None:
                 self.cfg.set(key, value)
+
+    def run(self) -> None:
+        """Serve until stopped, with the metrics directory made first, in the master, before any worker starts."""
+        metrics = MetricsDirectory.open(self.metrics_dir)
+        self.cfg.set("child_exit", metrics.worker_exited)
+        master = os.getpid()
+        try:
+            super().run()
+        finally:
+            if os.getpid() == master:  # a worker leaves through here too, and must not remove it
+                metrics.close()
 
     def _not_after(self):
         loaded = self.certificate.refresh()
