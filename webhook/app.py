@@ -20,6 +20,10 @@ from webhook.review import BadReview, Review
 log = logging.getLogger("upgrade_guard.review")
 
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+# What a review came to, left in the WSGI environ for the metrics layer: (decision, protected fields), and
+# for an error answer (HTTP status, message).
+REVIEW_OUTCOME = "upgrade_guard.outcome"
+REVIEW_ERROR = "upgrade_guard.error"
 
 
 def _json(document: dict, status: int = 200) -> Response:
@@ -28,6 +32,7 @@ def _json(document: dict, status: int = 200) -> Response:
 
 def _failure(code: int, reason: str, message: str) -> Response:
     """A Kubernetes-style Status document: what kube clients expect an error body to look like."""
+    request.environ[REVIEW_ERROR] = (code, message)
     return _json({"apiVersion": "v1", "kind": "Status", "status": "Failure",
                   "code": code, "reason": reason, "message": message}, code)
 
@@ -53,6 +58,7 @@ def create_app(config: Config, problem: Callable[[], str] = lambda: "", max_body
         except RecursionError:
             return _failure(400, "BadRequest", "the object is nested too deeply")
         req = parsed.request
+        request.environ[REVIEW_OUTCOME] = (outcome(webhook, decision), decision.fields)
         log.info("review", extra={
             "uid": parsed.uid, "webhook": webhook, "decision": outcome(webhook, decision),
             "reason": decision.reason, "user": req.user, "object": f"{req.namespace}/{req.name}",

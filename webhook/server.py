@@ -10,6 +10,7 @@ from gunicorn.app.base import BaseApplication
 from webhook.app import create_app
 from webhook.config import Config
 from webhook.logs import logging_dict
+from webhook.multiproc import MetricsDirectory
 from webhook.tls import CERT_FILE, KEY_FILE, ServingCertificate
 
 
@@ -20,12 +21,13 @@ def _tmp_dir() -> str | None:
 
 class GuardServer(BaseApplication):
     def __init__(self, config: Config, *, cert_dir: str | Path, bind: str, workers: int, threads: int,
-                 max_body: int, keepalive: int, log_level: str):
+                 max_body: int, keepalive: int, log_level: str, metrics_dir: str = ""):
         self.config = config
         self.cert_dir = Path(cert_dir)
         self.certificate = ServingCertificate(self.cert_dir)
         self.certificate.refresh()  # load (and log the expiry) once before the workers fork
         self.max_body = max_body
+        self.metrics_dir = metrics_dir
         self.options = {
             "bind": [bind],
             "workers": workers,
@@ -55,5 +57,23 @@ class GuardServer(BaseApplication):
             if value is not None:
                 self.cfg.set(key, value)
 
+    def run(self) -> None:
+        """Serve until stopped, with the metrics directory made first, in the master, before any worker starts."""
+        metrics = MetricsDirectory.open(self.metrics_dir)
+        self.cfg.set("child_exit", metrics.worker_exited)
+        master = os.getpid()
+        try:
+            super().run()
+        finally:
+            if os.getpid() == master:  # a worker leaves through here too, and must not remove it
+                metrics.close()
+
+    def _not_after(self):
+        loaded = self.certificate.refresh()
+        return loaded.not_after if loaded else None
+
     def load(self):
-        return create_app(self.config, self.certificate.problem, self.max_body)
+        from webhook.metrics import Instrumented  # in the worker, once the metrics directory is exported
+
+        return Instrumented(create_app(self.config, self.certificate.problem, self.max_body), self.config,
+                            self._not_after)

@@ -126,6 +126,8 @@ SERVE = (
     Setting("keepalive", "seconds an idle connection stays open; above the apiserver's 90 s so it closes first",
             120, _positive(int)),
     Setting("log-level", "debug, info, warning or error", "info", _choice("debug", "info", "warning", "error")),
+    Setting("metrics-dir", "directory where the workers keep their metrics, emptied at start (an emptyDir); "
+            "none: a fresh private directory under /dev/shm, removed at exit", ""),
     Setting("dev", "generate development certificates into the cert dir when it has none", False, switch=True),
 )
 
