@@ -89,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
                                 "exempt_groups": sorted(config.exempt_groups)})
     GuardServer(config, cert_dir=cert_dir, bind=values["bind"], workers=values["workers"],
                 threads=values["threads"], max_body=values["max_body"], keepalive=values["keepalive"],
-                log_level=values["log_level"]).run()
+                log_level=values["log_level"], drain=values["drain"]).run()
     return 0
 
 
