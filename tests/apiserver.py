@@ -29,6 +29,7 @@ import copy
 import http.client
 import itertools
 import json
+import re
 import select
 import socket
 import ssl
@@ -40,6 +41,7 @@ import jsonpatch
 from tests.cel import CelError, is_true, evaluate
 
 ADMISSION_V1 = "admission.k8s.io/v1"
+AUDIT_KEY = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 GROUP, VERSION, KIND, RESOURCE = "harvesterhci.io", "v1beta1", "Upgrade", "upgrades"
 NAMESPACE_LABELS = {"harvester-system": {"kubernetes.io/metadata.name": "harvester-system"}}
 
@@ -132,6 +134,14 @@ class Apiserver:
         self._turn = itertools.count()
         self._idle: dict[tuple, list[http.client.HTTPSConnection]] = {}
         self._version = itertools.count(5000)
+        self.dropped_audit_keys: list[str] = []  # keys the apiserver would log and drop
+
+    def close(self) -> None:
+        """Close the kept-alive connections, as a stopping apiserver does."""
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.close()
+        self._idle.clear()
 
     # installing ----------------------------------------------------------------------------------------------
 
@@ -284,7 +294,10 @@ class Apiserver:
                            f'Internal error occurred: failed calling webhook "{name}": {err}') from None
         admitted.warnings += answer.get("warnings") or []
         for key, value in (answer.get("auditAnnotations") or {}).items():
-            admitted.audit[f"{name}/{key}"] = value
+            if len(key) <= 63 and AUDIT_KEY.fullmatch(key):
+                admitted.audit[f"{name}/{key}"] = value
+            else:
+                self.dropped_audit_keys.append(key)
         if answer.get("allowed") is not True:
             status = dict(answer.get("status") or {})
             code = max(int(status.get("code") or 0), 400)
@@ -411,9 +424,9 @@ class _PodConnection(http.client.HTTPSConnection):
         self._tls = context
 
     def connect(self) -> None:
-        raw = socket.create_connection(self.endpoint, timeout=10)  # the TLS handshake timeout
+        # The call's deadline covers the dial and the handshake too (the handshake's own limit, 10 s, is longer).
+        raw = socket.create_connection(self.endpoint, timeout=min(self.timeout, 10))
         self.sock = self._tls.wrap_socket(raw, server_hostname=self.server_name)
-        self.sock.settimeout(self.timeout)
 
 
 def _go_error(err: Exception, host: str, port: int) -> str:
