@@ -3,7 +3,7 @@
 - `match_conditions`: when the apiserver calls the webhooks at all. Default mode: a non-exempt writer changes the
   read-message label; strict mode: a non-exempt writer changes a protected field. Every write the guard could
   object to passes them, so the guard never misses one; every other write never waits on it.
-- `policy_variables` and `policy_validations`: the whole decision, for a ValidatingAdmissionPolicy (no webhook).
+- `policy`: the whole decision, for a ValidatingAdmissionPolicy (no webhook).
 
 Standard CEL only (`has()`, `in`, `type()`, `all`, `exists`, the `object`, `oldObject`, `request` and, in a
 policy, `variables` names), and null-safe: a CEL error counts as a failed webhook call, so no expression may fail
@@ -107,54 +107,74 @@ def match_conditions(config: Config) -> list[dict]:
     return conditions
 
 
-def _unchanged_except(path: tuple[str, ...], aside: dict) -> list[str]:
+class _Variables:
+    """A policy's `variables`, named for the paths they read, so each value is computed once and the expressions
+    that use them stay readable."""
+
+    def __init__(self) -> None:
+        self.declared: list[dict] = []
+
+    def add(self, name: str, expression: str) -> str:
+        taken = {v["name"] for v in self.declared}
+        unique = next(f"{name}{n or ''}" for n in range(len(taken) + 1) if f"{name}{n or ''}" not in taken)
+        self.declared.append({"name": unique, "expression": expression})
+        return f"variables.{unique}"
+
+    def at(self, side: str, keys: tuple[str, ...], reader) -> str:
+        words = [re.sub(r"[^A-Za-z0-9]+", "_", key) for key in keys]
+        var = "object" if side == "new" else "oldObject"
+        return self.add(side + "".join(w[:1].upper() + w[1:] for w in words), reader(var, keys))
+
+
+def _unchanged_except(variables: _Variables, path: tuple[str, ...], aside: dict) -> list[str]:
     """The maps at `path` in object and oldObject agree on every member not in `aside` (recursing where `aside`
-    names a subtree); as `values.same_except`, one level of emptiness deep."""
-    new, old = map_at("object", path), map_at("oldObject", path)
+    names a subtree); as `values.same_except`, with emptiness read one level deep."""
+    new = variables.at("new", path, map_at) if path else "object"
+    old = variables.at("old", path, map_at) if path else "oldObject"
     skip = _strings(aside)
     tests = [
-        f"{new}.all(k, k in {skip} || {same(f'{new}[k]', f'(k in {old} ? {old}[k] : null)')})",
+        f"{new}.all(k, k in {skip} || (k in {old} ? {same(f'{new}[k]', f'{old}[k]')} : {empty(f'{new}[k]')}))",
         f"{old}.all(k, k in {skip} || k in {new} || {empty(f'{old}[k]')})",
     ]
     for key, inner in aside.items():
         if inner is not None:
-            tests += _unchanged_except(path + (key,), inner)
+            tests += _unchanged_except(variables, path + (key,), inner)
     return tests
 
 
-def _field_unchanged(path: FieldPath) -> str:
-    return same(value_at("object", path.keys), value_at("oldObject", path.keys))
+def policy(config: Config) -> dict:
+    """A ValidatingAdmissionPolicy's `variables` and `validations`, to follow the webhooks' matchConditions.
 
-
-def policy_variables(config: Config) -> list[dict]:
-    lost = " + ".join(f"({_field_unchanged(p)} ? \"\" : {literal(' ' + str(p))})" for p in config.protected)
-    variables = [{"name": "lost", "expression": lost}]
-    if not config.strict:
-        variables.insert(0, {"name": "labelOnly", "expression": _AND.join(_unchanged_except((), config.set_aside))})
-    return variables
-
-
-def policy_validations(config: Config) -> list[dict]:
-    target = 'request.namespace + "/" + request.name'
+    Variables: the maps and values read more than once, then `labelOnly` (default mode: the write changes nothing
+    but the label, the apiserver's bookkeeping and the protected fields) and `lost` (the protected fields it
+    changes, each after a space; "" when none)."""
+    variables = _Variables()
+    why = ("the Upgrade CRD has no status subresource, so a saved object without them wipes the upgrade's history "
+           "and the controller restarts it")
     if config.strict:
         why = "strict mode: only exempt writers may change protected fields"
         advice = ("Leave these fields out of the write (kubectl label, annotate and patch keep them as stored); "
                   "an admin who must edit them by hand needs an exempt user or group.")
+        advice_expression = literal(advice)
         expression = 'variables.lost == ""'
     else:
-        why = ("the Upgrade CRD has no status subresource, so a saved object without them wipes the upgrade's "
-               "history and the controller restarts it")
-        advice = f"To make the same change safely, change the label only: kubectl -n NAMESPACE label upgrade NAME {config.label}=VALUE (or {config.label}- to remove it)."
+        variables.add("labelOnly", _AND.join(_unchanged_except(variables, (), config.set_aside)))
+        advice = (f"To make the same change safely, change the label only: kubectl -n NAMESPACE label upgrade NAME "
+                  f"{config.label}=VALUE (or {config.label}- to remove it).")
+        label = variables.add("newLabel", value_at("object", ("metadata", "labels", config.label)))
+        advice_expression = (f'"To make the same change safely, change the label only: kubectl -n "'
+                             f' + request.namespace + " label upgrade " + request.name + " "'
+                             f'\n+ {literal(config.label)} + ({label} == null ? "-" : "=" + string({label}))')
         expression = '!variables.labelOnly || variables.lost == ""'
-    new_value = value_at("object", ("metadata", "labels", config.label))
-    command = (f'"To make the same change safely, change the label only: kubectl -n " + request.namespace'
-               f' + " label upgrade " + request.name + " " + {literal(config.label)}'
-               f' + ({new_value} == null ? "-" : "=" + string({new_value}))')
-    message_expression = (f'"This write to Upgrade " + {target} + " would lose" + variables.lost'
-                          f' + " ({why}). " + {command if not config.strict else literal(advice)}')
-    return [{
+    lost = []
+    for path in config.protected:
+        new, old = variables.at("new", path.keys, value_at), variables.at("old", path.keys, value_at)
+        lost.append(f"({same(new, old)} ? \"\" : {literal(' ' + str(path))})")
+    variables.add("lost", "\n+ ".join(lost))
+    return {"variables": variables.declared, "validations": [{
         "expression": expression,
         "message": f"This write would lose protected fields ({why}). {advice}",
-        "messageExpression": message_expression,
+        "messageExpression": (f'"This write to Upgrade " + request.namespace + "/" + request.name + " would lose"'
+                              f' + variables.lost + {literal(f" ({why}). ")}\n+ {advice_expression}'),
         "reason": "Forbidden",
-    }]
+    }]}

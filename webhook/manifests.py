@@ -176,8 +176,7 @@ def admission_policy(config: Config) -> dict:
                 "matchConstraints": {"matchPolicy": "Equivalent", "namespaceSelector": _namespace_selector(),
                                      "resourceRules": _rules()},
                 "matchConditions": cel.match_conditions(config),
-                "variables": cel.policy_variables(config),
-                "validations": cel.policy_validations(config),
+                **cel.policy(config),
             }}
 
 
