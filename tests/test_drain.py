@@ -12,10 +12,12 @@ import pytest
 
 from tests.guard import SERVICE_HOST, Guard
 from tests.upgrades import dashboard_put, finished_upgrade, review
+from webhook import manifests
 from webhook.cli import main
 
 STORED = finished_upgrade()
 DRAIN = 1.5
+GRACE = manifests.tree()["base/deployment.yaml"][0]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
 
 
 def _dismissal() -> dict:
@@ -88,10 +90,12 @@ def test_sigterm_keeps_answering_then_finishes_in_flight_requests(cert_dir):
         slow.sendall(rest)
         status, answer = _read_answer(slow)
         assert status == 200 and answer["response"]["allowed"] is False, "an in-flight request was cut"
+        slow.close()
 
         assert _closed_by_server(idle, 10), "an idle kept-alive connection was left open"
         assert guard.process.wait(15) == 0
-        assert time.monotonic() - started < DRAIN + 5, "the guard took too long to exit after its drain"
+        # about DRAIN + 2 s (gunicorn keeps idle connections 2 s after its stop); "well inside" the pod's grace
+        assert time.monotonic() - started < GRACE / 2, "the guard took too long to exit after its drain"
     finally:
         guard.stop()
 
