@@ -2,15 +2,15 @@
 
 `Apiserver` stores Upgrade objects and runs every write through admission as the real one does:
 - mutating webhooks (configurations sorted by name, webhooks in order), then the apiserver's own update
-  bookkeeping (uid, creationTimestamp, generation from the stored object), then ValidatingAdmissionPolicies and
-  validating webhooks (all of them; the first denial or failure wins);
+  bookkeeping (uid, creationTimestamp, generation from the stored object), then ValidatingAdmissionPolicies (a
+  denial ends admission) and validating webhooks (every matching one called; the first denial or failure wins);
 - for each webhook: rules, namespaceSelector, objectSelector, then matchConditions in CEL (`tests/cel.py`): one
   false skips the webhook, an error is a failed call under the failure policy;
 - the call: `POST https://<svc>.<ns>.svc:<port><path>?timeout=<N>s` over TLS 1.2+ verified against the
   configuration's caBundle with SNI and host name `<svc>.<ns>.svc`, HTTP/1.1, kept-alive connections reused from a
   pool (an idle one the server has closed is dropped before use, as Go's transport notices), each new connection
   to an endpoint of the Service picked in turn (kube-proxy's part), `timeoutSeconds` as the deadline;
-- the answer checked as the apiserver checks it (status 200, AdmissionReview v1, uid, patch and patchType, base64),
+- the answer checked as the apiserver checks it (status 200-206, AdmissionReview v1, uid, patch and patchType, base64),
   a JSON Patch applied (an error there is a 500 whatever the failure policy), a denial turned into the apiserver's
   error, a failed call into `Internal error occurred: failed calling webhook ...` under `failurePolicy: Fail` and
   ignored under `Ignore`; dry-run refused for webhooks with side effects; the result stored unless dry-run.
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import jsonpatch
 
-from tests.cel import CelError, is_true, evaluate
+from tests.cel import CelError, evaluate, is_true
 
 ADMISSION_V1 = "admission.k8s.io/v1"
 AUDIT_KEY = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
@@ -261,15 +261,19 @@ class Apiserver:
                 admitted.object = patched
 
     def _validate(self, request: dict, admitted: Admitted) -> None:
-        errors = [self._policy(policy, request) for policy in self._bound_policies()]
+        """The policy plugin runs before the validating webhooks and ends admission with its denial."""
+        for policy in self._bound_policies():
+            error = self._policy(policy, request)
+            if error:
+                raise error
+        errors = []
         for webhook in self._webhooks("ValidatingWebhookConfiguration"):
             try:
                 self._admit(webhook, request, admitted, mutating=False)
             except ApiError as err:
                 errors.append(err)
-        for error in errors:
-            if error:
-                raise error
+        if errors:
+            raise errors[0]
 
     def _admit(self, webhook: dict, request: dict, admitted: Admitted, mutating: bool) -> dict | None:
         """Call one webhook if it matches; its `response` when allowed, None when skipped or ignored."""
@@ -442,7 +446,7 @@ def verify_answer(answer: object, uid: str, mutating: bool) -> dict:
     if not isinstance(answer, dict) or (answer.get("apiVersion"), answer.get("kind")) != (ADMISSION_V1,
                                                                                          "AdmissionReview"):
         raise CallFailed("received invalid webhook response: expected webhook response of "
-                         f"admission.k8s.io/v1, Kind=AdmissionReview")
+                         "admission.k8s.io/v1, Kind=AdmissionReview")
     response = answer.get("response")
     if not isinstance(response, dict):
         raise CallFailed("received invalid webhook response: response is not set")

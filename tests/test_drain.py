@@ -53,7 +53,8 @@ def _read_answer(tls: ssl.SSLSocket) -> tuple[int, dict]:
     while b"\r\n\r\n" not in data:
         data += tls.recv(65536)
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
     while len(body) < length:
         body += tls.recv(65536)
     return int(head.split()[1]), json.loads(body)

@@ -214,6 +214,8 @@ def test_webhooks_are_narrow_and_fail_closed(kind):
     assert webhook["failurePolicy"] == "Fail"
     assert [c["name"] for c in webhook["matchConditions"]] == ["not-exempt-writer", "read-message-label-changed"]
     assert "caBundle" not in webhook["clientConfig"], "the CA comes from the install, never from the repository"
+    if kind == "MutatingWebhookConfiguration":
+        assert webhook["reinvocationPolicy"] == "Never"  # tests/apiserver.py does not model reinvocation
 
 
 def _config_the_guard_reads(env: dict[str, str], strict: bool = False) -> Config:

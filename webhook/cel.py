@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 
-from webhook.config import Config, FieldPath
+from webhook.config import Config
 
 _IDENTIFIER = re.compile(r"[_a-zA-Z][_a-zA-Z0-9]*")
 _RESERVED = frozenset({"as", "break", "const", "continue", "else", "false", "for", "function", "if", "import", "in",
