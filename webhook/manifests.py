@@ -223,8 +223,9 @@ def _kustomization(resources: list[str], patches: list[dict] | None = None) -> d
 
 
 def tree(config: Config | None = None, image: str | None = None) -> dict[str, list[dict]]:
-    """Every file of `manifests/`, relative path -> its documents."""
-    config = config or Config()
+    """Every file of `manifests/`, relative path -> its documents. Both modes are in it: the base runs the default
+    mode and `overlays/strict` the strict one, whatever `config.strict` says."""
+    config = dataclasses.replace(config or Config(), strict=False)
     strict = dataclasses.replace(config, strict=True)
     base = {
         "serviceaccount.yaml": [service_account()],
