@@ -69,11 +69,13 @@ class Guard:
     def __init__(self, cert_dir: str | Path, *args: str, env: dict | None = None):
         self.cert_dir = Path(cert_dir)
         self.args = args
-        self.env = {**os.environ, **(env or {})}
+        # No drain unless a test asks for one: stopping a test's guard should not wait for load balancers.
+        self.env = {**os.environ, "UPGRADE_GUARD_DRAIN": "0", **(env or {})}
         self.process: subprocess.Popen | None = None
         self.port = 0
         self.lines: list[str] = []
         self._listening = threading.Event()
+        self._new_line = threading.Condition()
 
     def start(self, timeout: float = 20) -> Guard:
         self.process = subprocess.Popen(
@@ -90,11 +92,26 @@ class Guard:
     def _read(self) -> None:
         assert self.process and self.process.stdout
         for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
+            with self._new_line:
+                self.lines.append(line.rstrip("\n"))
+                self._new_line.notify_all()
             found = re.search(r"Listening at: https://127\.0\.0\.1:(\d+)", line)
             if found:
                 self.port = int(found.group(1))
                 self._listening.set()
+
+    def wait_for_line(self, pattern: str, timeout: float = 20) -> str:
+        """The first output line matching `pattern`, waiting for it to be written."""
+        found: list[str] = []
+
+        def seen() -> bool:
+            found.extend(line for line in self.lines if re.search(pattern, line))
+            return bool(found)
+
+        with self._new_line:
+            if not self._new_line.wait_for(seen, timeout):
+                raise AssertionError(f"no line matching {pattern!r}:\n" + "\n".join(self.lines[-20:]))
+        return found[0]
 
     def connect(self, **kwargs) -> ApiserverConnection:
         return ApiserverConnection(self.port, self.cert_dir / "ca.crt", **kwargs)

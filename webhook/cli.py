@@ -17,6 +17,9 @@ from webhook.settings import DECISION, SERVE, SettingError, decision_config, res
 
 log = logging.getLogger("upgrade_guard")
 
+# Strict mode is not a setting of the manifests: they hold both modes (the base and overlays/strict).
+MANIFEST_SETTINGS = tuple(s for s in DECISION if s.name != "strict")
+
 
 class _JsonYamlLoader(yaml.SafeLoader):
     """YAML as JSON sees it: timestamps stay strings, as the apiserver would send them."""
@@ -59,6 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--group", action="append", default=[], help="a group of the writer (repeatable)")
     for setting in DECISION:
         setting.add_to(check)
+
+    manifests = commands.add_parser(
+        "manifests", help="write the Kubernetes manifests (kustomize) for these settings",
+        description="The label, exempt users and groups and protected fields go into both the webhooks' CEL "
+                    "matchConditions and the Deployment's environment; strict mode is the overlays/strict variant.",
+    )
+    manifests.add_argument("--out", default="manifests", help="directory to write into [default: %(default)s]")
+    manifests.add_argument("--image", default=None, help="the guard's image [default: upgrade-guard:VERSION]")
+    for setting in MANIFEST_SETTINGS:
+        setting.add_to(manifests)
     return parser
 
 
@@ -89,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
                                 "exempt_groups": sorted(config.exempt_groups)})
     GuardServer(config, cert_dir=cert_dir, bind=values["bind"], workers=values["workers"],
                 threads=values["threads"], max_body=values["max_body"], keepalive=values["keepalive"],
-                log_level=values["log_level"], metrics_dir=values["metrics_dir"]).run()
+                log_level=values["log_level"], metrics_dir=values["metrics_dir"], drain=values["drain"]).run()
     return 0
 
 
@@ -134,7 +147,20 @@ def _check(args: argparse.Namespace) -> int:
     return 1
 
 
-COMMANDS = {"certs": _certs, "serve": _serve, "check": _check}
+def _manifests(args: argparse.Namespace) -> int:
+    from webhook import manifests
+
+    config = decision_config({**resolve(MANIFEST_SETTINGS, args), "strict": False})
+    try:
+        written = manifests.write(args.out, config, args.image)
+    except ValueError as err:
+        raise SettingError(str(err)) from None
+    for path in written:
+        print(path)
+    return 0
+
+
+COMMANDS = {"certs": _certs, "serve": _serve, "check": _check, "manifests": _manifests}
 
 
 def main(argv: list[str] | None = None) -> int:

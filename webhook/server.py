@@ -1,17 +1,67 @@
-"""`serve`: gunicorn, started in this process (it becomes the master), serving the app over TLS only."""
+"""`serve`: gunicorn, started in this process (it becomes the master), serving the app over TLS only.
+
+Shutdown drains: kube-apiserver keeps idle connections to a pod and keeps sending on them after the pod is told to
+stop, and kube-proxy routes new ones to it until the endpoint removal has spread. So on SIGTERM the master first
+keeps everything running for `drain` seconds while every worker answers `/readyz` with 503 and closes each
+connection after its answer (`Connection: close`, so clients reconnect to a replica that stays); only then does it
+stop as gunicorn does: close the listener, let the workers finish what is in flight, exit.
+"""
 
 from __future__ import annotations
 
+import mmap
 import os
+import sys
+import time
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from webhook.app import create_app
 from webhook.config import Config
 from webhook.logs import logging_dict
 from webhook.multiproc import MetricsDirectory
 from webhook.tls import CERT_FILE, KEY_FILE, ServingCertificate
+
+
+GRACEFUL_TIMEOUT = 20  # seconds the workers get to finish in-flight requests once the drain is over
+
+
+class DrainFlag:
+    """Set by the master on SIGTERM, read by every worker: one byte of shared memory, inherited across fork, so a
+    worker forked during the drain sees it too and no signal can reach a worker before its handler exists."""
+
+    def __init__(self) -> None:
+        self._byte = mmap.mmap(-1, 1)
+
+    def set(self) -> None:
+        self._byte[0] = 1
+
+    def __bool__(self) -> bool:
+        return self._byte[0] == 1
+
+
+class DrainingArbiter(Arbiter):
+    """gunicorn's master, with a drain before its graceful stop. A second SIGTERM ends the drain at once."""
+
+    drain_until: float | None = None
+
+    def handle_term(self) -> None:
+        if self.drain_until is not None or self.app.drain <= 0:
+            raise StopIteration  # gunicorn's graceful stop
+        self.app.draining.set()
+        self.drain_until = time.monotonic() + self.app.drain
+        self.log.info("draining for %s s before stopping", self.app.drain)
+
+    def wait_for_signals(self, timeout: float = 1.0) -> list:
+        if self.drain_until is not None:
+            left = self.drain_until - time.monotonic()
+            if left <= 0:
+                self.log.info("drain over: closing the listener, finishing in-flight requests")
+                raise StopIteration
+            timeout = min(timeout, left)
+        return super().wait_for_signals(timeout)
 
 
 def _tmp_dir() -> str | None:
@@ -21,8 +71,10 @@ def _tmp_dir() -> str | None:
 
 class GuardServer(BaseApplication):
     def __init__(self, config: Config, *, cert_dir: str | Path, bind: str, workers: int, threads: int,
-                 max_body: int, keepalive: int, log_level: str, metrics_dir: str = ""):
+                 max_body: int, keepalive: int, log_level: str, metrics_dir: str = "", drain: float = 0.0):
         self.config = config
+        self.drain = drain
+        self.draining = DrainFlag()
         self.cert_dir = Path(cert_dir)
         self.certificate = ServingCertificate(self.cert_dir)
         self.certificate.refresh()  # load (and log the expiry) once before the workers fork
@@ -35,7 +87,8 @@ class GuardServer(BaseApplication):
             "threads": threads,
             "keepalive": keepalive,
             "timeout": 30,
-            "graceful_timeout": 20,
+            "graceful_timeout": GRACEFUL_TIMEOUT,
+            "pre_request": self._pre_request,
             "certfile": str(self.cert_dir / CERT_FILE),
             "keyfile": str(self.cert_dir / KEY_FILE),
             "ssl_context": self._ssl_context,
@@ -48,6 +101,13 @@ class GuardServer(BaseApplication):
             "proc_name": "upgrade-guard",
         }
         super().__init__()
+
+    def _pre_request(self, _worker, req) -> None:
+        if self.draining:
+            req.force_close()  # the answer says `Connection: close`, and the worker closes after it
+
+    def _problem(self) -> str:
+        return "shutting down" if self.draining else self.certificate.problem()
 
     def _ssl_context(self, _conf, _default_factory):
         return self.certificate.context()
@@ -63,7 +123,10 @@ class GuardServer(BaseApplication):
         self.cfg.set("child_exit", metrics.worker_exited)
         master = os.getpid()
         try:
-            super().run()
+            DrainingArbiter(self).run()
+        except RuntimeError as err:  # as gunicorn's own BaseApplication.run reports a failed start
+            print(f"\nError: {err}\n", file=sys.stderr)
+            sys.exit(1)
         finally:
             if os.getpid() == master:  # a worker leaves through here too, and must not remove it
                 metrics.close()
@@ -75,5 +138,4 @@ class GuardServer(BaseApplication):
     def load(self):
         from webhook.metrics import Instrumented  # in the worker, once the metrics directory is exported
 
-        return Instrumented(create_app(self.config, self.certificate.problem, self.max_body), self.config,
-                            self._not_after)
+        return Instrumented(create_app(self.config, self._problem, self.max_body), self.config, self._not_after)

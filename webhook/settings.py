@@ -53,6 +53,13 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise ValueError("not a number of seconds, 0 or more")
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str  # flag without dashes; the env variable is UPGRADE_GUARD_<NAME>
@@ -129,6 +136,8 @@ SERVE = (
     Setting("metrics-dir", "directory where the workers keep their metrics, emptied at start (an emptyDir); "
             "none: a fresh private directory under /dev/shm, removed at exit", ""),
     Setting("dev", "generate development certificates into the cert dir when it has none", False, switch=True),
+    Setting("drain", "seconds to keep answering after SIGTERM (readiness 503, every answer Connection: close) "
+            "before finishing in-flight requests and exiting; 0 stops at once", 5.0, _seconds),
 )
 
 
