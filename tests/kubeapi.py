@@ -100,7 +100,8 @@ class KubeApi:
         self.objects: dict[tuple[str, str, str, str], dict] = {}
         self.lock = threading.RLock()
         self.version = 1000
-        self.requests: list[tuple[str, str, str]] = []  # method, path, content type
+        self.requests: list[tuple[str, str, str, int]] = []  # method, path, content type, answer's code
+        self.dropped = 0  # connections dropped during an outage
         self.pod_ports: dict[tuple[str, str, int], int] = {}  # (namespace, pod, port) -> local port
         self.gates: dict[tuple[str, str], list] = {}
         self._up = threading.Event()
@@ -113,7 +114,7 @@ class KubeApi:
         self.server = _Server(("127.0.0.1", 0), _Handler)
         self.server.api = self
         self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     # -- life --------------------------------------------------------------------------------------------
 
@@ -166,6 +167,11 @@ class KubeApi:
                 del self.gates[(method, path)]
         gate[0].wait()
 
+    def answered(self, method: str, path_end: str) -> list[int]:
+        """The codes of the answers to `method` on paths ending with `path_end`, in order."""
+        with self.lock:
+            return [code for m, path, _, code in self.requests if m == method and path.endswith(path_end)]
+
     # -- the store, also for tests that play an admin ----------------------------------------------------
 
     def _next_version(self) -> str:
@@ -197,8 +203,6 @@ class KubeApi:
     # -- REST --------------------------------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: dict, content_type: str, body: bytes) -> tuple[int, dict]:
-        with self.lock:
-            self.requests.append((method, path, content_type))
         group, plural, namespace, name = _route(path)
         if (group, plural) not in RESOURCES:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -351,16 +355,18 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.api: KubeApi = self.server.api
         if not self.api.up:
+            with self.api.lock:
+                self.api.dropped += 1
             self.request.close()
         else:
+            self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # headers and body: no 40 ms stall
             self.request = self.api.context.wrap_socket(self.request, server_side=True)
         super().setup()
 
-    def handle_one_request(self) -> None:
-        if not self.api.up:
-            self.close_connection = True
-            return
-        super().handle_one_request()
+    def _drop(self) -> None:
+        with self.api.lock:
+            self.api.dropped += 1
+        self.close_connection = True
 
     def log_message(self, *args) -> None:
         pass
@@ -376,7 +382,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         if not self.api.up:
-            self.close_connection = True
+            self._drop()
             return
         url = urlsplit(self.path)
         if self.headers.get("Authorization") != f"Bearer {TOKEN}":
@@ -392,8 +398,10 @@ class _Handler(BaseHTTPRequestHandler):
             code, document = self.api.handle(self.command, url.path, parse_qs(url.query), content_type, body)
         except ApiError as err:
             code, document = err.code, err.document
+        with self.api.lock:
+            self.api.requests.append((self.command, url.path, content_type, code))
         if not self.api.up:
-            self.close_connection = True
+            self._drop()
             return
         self._answer(code, document)
 

@@ -189,8 +189,8 @@ class CertificateKeeper:
         now = self.clock()
         authority = self._authority(now)
         trusted_everywhere = self._publish(authority)
-        may_switch = trusted_everywhere and now - authority.since >= self.plan.settle
-        serving = self._serving(authority, may_switch, now)
+        settled = trusted_everywhere and now - authority.since >= self.plan.settle
+        serving = self._serving(authority, settled, now)
         self._write(serving, authority)
         serving = self._report(serving, now)
         if self._retire(authority, serving, now):
@@ -275,14 +275,21 @@ class CertificateKeeper:
                                                 "trusted_cas": 1 + len(authority.previous)})
         return everywhere
 
-    def _serving_problem(self, secret: dict | None, authority: Authority, may_switch: bool,
+    def _serving_problem(self, secret: dict | None, authority: Authority, settled: bool,
                          now: dt.datetime) -> str:
+        """Why the serving certificate must be re-issued; "" to keep it.
+
+        Only a missing, broken, expired or untrusted one is re-issued from a CA that has not `settled` (been
+        in every caBundle for a while); anything else waits for it.
+        """
         pair = serving_pair(secret)
         if pair is None:
             return "no usable serving certificate"
         if now >= pair.cert.not_valid_after_utc or not authority.trusts(pair.cert):
             return "the serving certificate is expired or not from a trusted CA"
-        if may_switch and not certs.issued_by(pair.cert, authority.ca.cert):
+        if not settled:
+            return ""
+        if not certs.issued_by(pair.cert, authority.ca.cert):
             return "CA rotation: re-issued from the new CA"
         if certs.renewal_due(pair.cert, now):
             return "renewal: 2/3 of its life has passed"
@@ -291,11 +298,11 @@ class CertificateKeeper:
             return f"the certificate lacks {', '.join(sorted(missing))}"
         return ""
 
-    def _serving(self, authority: Authority, may_switch: bool, now: dt.datetime) -> dict:
+    def _serving(self, authority: Authority, settled: bool, now: dt.datetime) -> dict:
         plan = self.plan
         for _ in range(ATTEMPTS):
             secret = self.cluster.get_secret(plan.namespace, plan.tls_secret)
-            why = self._serving_problem(secret, authority, may_switch, now)
+            why = self._serving_problem(secret, authority, settled, now)
             if not why and _data(secret, BUNDLE) == authority.bundle:
                 return secret
             document = self._serving_document(secret, authority, now if why else None)
