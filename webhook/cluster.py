@@ -116,7 +116,8 @@ class Cluster:
         return None if found is None else found.get("items") or []
 
     def port_forward(self, namespace: str, pod: str, port: int):
-        """A socket to `port` of the pod, tunnelled through the API (what `kubectl port-forward` does)."""
+        """A tunnel to `port` of the pod through the API, as `kubectl port-forward` makes: `.socket(port)` is
+        the connection, `.error(port)` what the kubelet said when it could not connect."""
         from kubernetes.stream import portforward
 
         try:
@@ -125,7 +126,7 @@ class Cluster:
                                       ports=str(port), _request_timeout=TIMEOUT)
         except ApiException as err:
             raise ClusterError(f"cannot port-forward to {namespace}/{pod}: {err.reason or _message(err)}") from None
-        return forward.socket(port)
+        return forward
 
 
 def set_ca_bundle(cluster: Cluster, kind: str, name: str, bundle: str, attempts: int = 5) -> int | None:

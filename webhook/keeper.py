@@ -56,9 +56,18 @@ SERVED_BY = "upgrade-guard/served-by"
 LABELS = {"app.kubernetes.io/name": "upgrade-guard", "app.kubernetes.io/managed-by": "upgrade-guard"}
 ATTEMPTS = 5  # reads and writes per object in one round before giving up until the next one
 
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
 FORK_GUARD = threading.Lock()
 os.register_at_fork(before=FORK_GUARD.acquire, after_in_parent=FORK_GUARD.release,
                     after_in_child=FORK_GUARD.release)
+
+
+def pod_namespace() -> str:
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or certs.NAMESPACE
+    except OSError:
+        return certs.NAMESPACE
 
 
 def utc_now() -> dt.datetime:
@@ -79,6 +88,16 @@ class Plan:
     cert_days: float = 365
     interval: float = 60
     replica: str = field(default_factory=socket.gethostname)
+
+    @classmethod
+    def from_settings(cls, values: dict, cert_dir: str | Path) -> Plan:
+        """From the resolved SELF_MANAGED and CLUSTER settings."""
+        return cls(cert_dir=Path(cert_dir), namespace=values["namespace"] or pod_namespace(),
+                   service=values["service"], ca_secret=values["ca_secret"], tls_secret=values["tls_secret"],
+                   configurations=(("validating", values["validating_configuration"]),
+                                   ("mutating", values["mutating_configuration"])),
+                   ca_days=values["ca_days"], cert_days=values["cert_days"], interval=values["sync_interval"],
+                   replica=values["replica_name"] or socket.gethostname())
 
     @property
     def names(self) -> list[str]:

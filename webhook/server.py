@@ -20,7 +20,7 @@ def _tmp_dir() -> str | None:
 
 class GuardServer(BaseApplication):
     def __init__(self, config: Config, *, cert_dir: str | Path, bind: str, workers: int, threads: int,
-                 max_body: int, keepalive: int, log_level: str):
+                 max_body: int, keepalive: int, log_level: str, keeper=None):
         self.config = config
         self.cert_dir = Path(cert_dir)
         self.certificate = ServingCertificate(self.cert_dir)
@@ -45,6 +45,9 @@ class GuardServer(BaseApplication):
             "control_socket_disable": True,  # it would write under $HOME, which is read-only in the pod
             "proc_name": "upgrade-guard",
         }
+        if keeper is not None:  # self-managed: the keeper's loop is a thread of this process, the master
+            self.options["when_ready"] = lambda _arbiter: keeper.start()
+            self.options["on_exit"] = lambda _arbiter: keeper.stop(10)
         super().__init__()
 
     def _ssl_context(self, _conf, _default_factory):
