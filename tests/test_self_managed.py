@@ -8,6 +8,8 @@ found in the webhook configurations, and `doctor` reaches the pods by port-forwa
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -141,4 +143,23 @@ def test_api_unreachable_for_a_while_the_guards_keep_serving(cluster):
     for guard in guards:
         wait_for(lambda: any("certificate sync works again" in line for line in guard.lines))
     for connection in connections:
+        connection.close()
+
+
+def test_a_worker_respawned_beside_the_keeper_thread_serves(cluster):
+    """gunicorn forks a new worker while the keeper thread runs rounds every 0.5 s: the fork guard holds."""
+    kube, guards, _, tmp = cluster
+    guard = guards[0]
+
+    def workers() -> set[str]:
+        return set(subprocess.run(["pgrep", "-P", str(guard.process.pid)], capture_output=True, text=True).stdout.split())
+    for _ in range(3):
+        current = workers()
+        assert len(current) == 1
+        old = current.pop()
+        os.kill(int(old), signal.SIGKILL)
+        wait_for(lambda: (lambda now: len(now) == 1 and old not in now)(workers()))
+        connection = apiserver(kube, guard, tmp)  # waits in the listen backlog until the new worker accepts
+        status, _, answer = connection.review("/validate", review(STORED, dashboard_put(STORED)))
+        assert status == 200 and answer["response"]["allowed"] is False
         connection.close()

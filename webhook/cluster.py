@@ -19,7 +19,6 @@ from kubernetes import client, config
 from kubernetes.client import ApiException
 
 TIMEOUT = (5, 10)  # connect, read (s): a round never hangs on an unreachable API
-STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 KINDS = ("validating", "mutating")
 KIND_NAMES = {"validating": "ValidatingWebhookConfiguration", "mutating": "MutatingWebhookConfiguration"}
 UPGRADES = ("harvesterhci.io", "v1beta1", "upgrades")
@@ -99,8 +98,9 @@ class Cluster:
         return self._call(read, name, missing_ok=True)
 
     def patch_configuration(self, kind: str, name: str, patch: dict) -> dict:
+        """A strategic merge patch: the client sends a dict body to a built-in API as one (webhooks merge by name)."""
         update = getattr(self.admission, f"patch_{kind}_webhook_configuration")
-        return self._call(update, name, patch, _content_type=STRATEGIC_MERGE)
+        return self._call(update, name, patch)
 
     def get_service(self, namespace: str, name: str) -> dict | None:
         return self._call(self.core.read_namespaced_service, name, namespace, missing_ok=True)
