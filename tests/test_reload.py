@@ -225,3 +225,13 @@ def test_files_missing_for_a_moment_and_back_are_ready_again(tmp_path, authority
     assert certificate.context() is not None  # new connections still get the certificate it had
     os.rename(tmp_path / "aside", directory / "tls.crt")
     assert certificate.problem() == ""
+
+
+def test_file_mode_never_loads_the_kubernetes_client():
+    """Plain `serve` stays lean (no client, no token needed): only self-managed, register and doctor import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, webhook.cli, webhook.server, webhook.app, webhook.tls, webhook.certdir; "
+            "sys.exit('kubernetes' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

@@ -163,3 +163,12 @@ def test_a_worker_respawned_beside_the_keeper_thread_serves(cluster):
         status, _, answer = connection.review("/validate", review(STORED, dashboard_put(STORED)))
         assert status == 200 and answer["response"]["allowed"] is False
         connection.close()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kubeconfig", "/nonexistent/kubeconfig"], "no usable Kubernetes configuration"),
+    (["--dev"], "--dev and --self-managed exclude each other"),
+])
+def test_self_managed_refuses_to_start_without_what_it_needs(tmp_path, args, message):
+    result = run("serve", "--self-managed", "--cert-dir", str(tmp_path), "--bind", "127.0.0.1:0", *args)
+    assert result.returncode == 2 and message in result.stderr
