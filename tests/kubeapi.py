@@ -78,7 +78,8 @@ def strategic_merge(target, patch, merge_keys=MERGE_KEYS):
         elif key in merge_keys and isinstance(value, list) and isinstance(result.get(key), list):
             merged = list(result[key])
             for item in value:
-                at = next((i for i, e in enumerate(merged) if e.get(merge_keys[key]) == item.get(merge_keys[key])), None)
+                name = item.get(merge_keys[key])
+                at = next((i for i, e in enumerate(merged) if e.get(merge_keys[key]) == name), None)
                 if at is None:
                     merged.append(item)
                 else:
@@ -134,7 +135,8 @@ class KubeApi:
         path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "test",
             "clusters": [{"name": "test", "cluster": {
-                "server": self.url, "certificate-authority-data": base64.b64encode(self.ca_file.read_bytes()).decode()}}],
+                "server": self.url,
+                "certificate-authority-data": base64.b64encode(self.ca_file.read_bytes()).decode()}}],
             "users": [{"name": "guard", "user": {"token": TOKEN}}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": "guard"}}],
         }))
@@ -224,7 +226,8 @@ class KubeApi:
             if method == "DELETE":
                 del self.objects[key]
                 return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                             "details": {"name": name, "group": group, "kind": plural, "uid": current["metadata"]["uid"]}}
+                             "details": {"name": name, "group": group, "kind": plural,
+                                         "uid": current["metadata"]["uid"]}}
             if method == "PUT":
                 return 200, self._update(key, current, _json(body), what)
             if method == "PATCH":
@@ -254,7 +257,8 @@ class KubeApi:
         if not name:
             raise ApiError(422, "Invalid", f"{kind}.{VERSIONS[group]} is invalid: metadata.name: Required value")
         if meta.get("namespace", namespace) != namespace:
-            raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
+            raise ApiError(400, "BadRequest",
+                           "the namespace of the provided object does not match the namespace sent on the request")
         if (group, plural, namespace, name) in self.objects:
             raise ApiError(409, "AlreadyExists", f'{what} "{name}" already exists', name=name, group=group, kind=plural)
         self._validate(document, what, name)
@@ -307,8 +311,8 @@ class KubeApi:
         elif content_type == "application/strategic-merge-patch+json" and group != "harvesterhci.io":
             updated = strategic_merge(current, patch)
         else:
-            raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - "
-                           f"accepted media types include: application/json-patch+json, application/merge-patch+json")
+            raise ApiError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                           "accepted media types include: application/json-patch+json, application/merge-patch+json")
         return self._store(key, current, updated, what)
 
 

@@ -94,7 +94,8 @@ def test_a_missing_service_and_configuration(kube, tmp_path):
 def test_a_pod_that_cannot_be_reached(kube, tmp_path):
     del kube.pod_ports[(NS, "guard-a", 8443)]
     code, out = doctor(kube, tmp_path)
-    assert code == 1 and "[FAIL] pod guard-a: no TLS answer on port 8443: error forwarding port 8443 to pod guard-a" in out
+    assert code == 1
+    assert "[FAIL] pod guard-a: no TLS answer on port 8443: error forwarding port 8443 to pod guard-a" in out
 
 
 def test_certificates_close_to_expiry(kube, tmp_path):
@@ -142,8 +143,9 @@ def test_register_sets_both_caBundles(bare, tmp_path, cert_dir, capsys):
     for kind in ("validating", "mutating"):
         found = bare.get(ADMISSION, f"{kind}webhookconfigurations", "", NAME)
         assert [w["clientConfig"]["caBundle"] for w in found["webhooks"]] == [expected]
-    assert capsys.readouterr().out.splitlines() == ["ValidatingWebhookConfiguration upgrade-guard: caBundle set on 1 webhook(s)",
-                                                    "MutatingWebhookConfiguration upgrade-guard: caBundle set on 1 webhook(s)"]
+    assert capsys.readouterr().out.splitlines() == [
+        "ValidatingWebhookConfiguration upgrade-guard: caBundle set on 1 webhook(s)",
+        "MutatingWebhookConfiguration upgrade-guard: caBundle set on 1 webhook(s)"]
     assert register(bare, tmp_path, cert_dir / "ca.crt") == 0
     assert "already holds this CA" in capsys.readouterr().out
 
@@ -164,3 +166,12 @@ def test_register_with_the_api_unreachable(bare, tmp_path, cert_dir, capsys):
     with bare.outage():
         assert register(bare, tmp_path, cert_dir / "ca.crt") == 1
     assert "unreachable" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["doctor"], ["register", "--ca-file", "ca.crt"]])
+def test_an_unusable_kubeconfig_is_bad_input(tmp_path, command, capsys):
+    (tmp_path / "ca.crt").write_bytes(certs.make_ca().cert_pem)
+    (tmp_path / "kubeconfig").write_text("apiVersion: v1\nkind: Config\nclusters: []\n")
+    command = [str(tmp_path / part) if part == "ca.crt" else part for part in command]
+    assert cli.main([*command, "--kubeconfig", str(tmp_path / "kubeconfig")]) == 2
+    assert "no usable Kubernetes configuration" in capsys.readouterr().err

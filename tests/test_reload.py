@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.guard import SERVICE_HOST, ApiserverConnection, Guard
+from tests.guard import SERVICE_HOST, Guard
 from tests.upgrades import dashboard_put, finished_upgrade, review
 from webhook import certdir, certs
 from webhook.tls import ServingCertificate
@@ -140,7 +140,8 @@ def test_readiness_follows_the_certificate(mounted, authority):
         certdir.publish(mounted, secret_files(authority))
         wait_for(lambda: probe(guard.port)[0] == 200)
 
-        broken = {**secret_files(authority), "tls.crt": b"-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n"}
+        broken = {**secret_files(authority),
+                  "tls.crt": b"-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n"}
         certdir.publish(mounted, broken)
         wait_for(lambda: unready(guard, "cannot load"))
 

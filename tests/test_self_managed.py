@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,6 @@ from tests import objects
 from tests.guard import ApiserverConnection, Guard, command
 from tests.kubeapi import KubeApi
 from tests.upgrades import dashboard_put, finished_upgrade, review
-from webhook import certs
 
 NS = objects.NAMESPACE
 ADMISSION = "admissionregistration.k8s.io"
@@ -152,7 +152,15 @@ def test_a_worker_respawned_beside_the_keeper_thread_serves(cluster):
     guard = guards[0]
 
     def workers() -> set[str]:
-        return set(subprocess.run(["pgrep", "-P", str(guard.process.pid)], capture_output=True, text=True).stdout.split())
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and fields[1] == str(guard.process.pid):
+                found.add(stat.parent.name)
+        return found
     for _ in range(3):
         current = workers()
         assert len(current) == 1

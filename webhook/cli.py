@@ -114,18 +114,23 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _connect(kubeconfig: str, guard=None):
+    """A client for the API; a kubeconfig that cannot be used is bad input (exit 2)."""
+    from webhook.cluster import ClusterError, connect
+
+    try:
+        return connect(kubeconfig, guard)
+    except ClusterError as err:
+        raise SettingError(str(err)) from None
+
+
 def _keeper(values: dict, cert_dir: Path, dev: bool):
     """Self-managed mode: connect, and wait until the cert dir holds a certificate (kept fresh from then on)."""
-    from webhook.cluster import ClusterError, connect
     from webhook.keeper import FORK_GUARD, CertificateKeeper, Plan
 
     if dev:
         raise SettingError("--dev and --self-managed exclude each other: the keeper writes the certificates")
-    try:
-        cluster = connect(values["kubeconfig"], guard=FORK_GUARD)
-    except ClusterError as err:
-        raise SettingError(str(err)) from None
-    keeper = CertificateKeeper(cluster, Plan.from_settings(values, cert_dir))
+    keeper = CertificateKeeper(_connect(values["kubeconfig"], FORK_GUARD), Plan.from_settings(values, cert_dir))
     log.info("self-managed certificates", extra={"namespace": keeper.plan.namespace, "replica": keeper.plan.replica,
                                                  "secrets": [keeper.plan.ca_secret, keeper.plan.tls_secret]})
     keeper.bootstrap()
@@ -174,7 +179,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from webhook.cluster import KIND_NAMES, ClusterError, connect, set_ca_bundle
+    from webhook.cluster import KIND_NAMES, ClusterError, set_ca_bundle
 
     values = resolve(CLUSTER, args)
     try:
@@ -183,9 +188,9 @@ def _register(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         raise SettingError(f"--ca-file {args.ca_file}: no PEM certificate in it ({err})") from None
     bundle = base64.b64encode(certs.pem(cas)).decode()
+    cluster = _connect(values["kubeconfig"])
     failed = 0
     try:
-        cluster = connect(values["kubeconfig"])
         for kind in ("validating", "mutating"):
             name = values[f"{kind}_configuration"]
             changed = set_ca_bundle(cluster, kind, name, bundle)
@@ -202,16 +207,11 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from webhook.cluster import ClusterError, connect
     from webhook.doctor import diagnose
 
     values = resolve(CLUSTER, args)
-    try:
-        cluster = connect(values["kubeconfig"])
-    except ClusterError as err:
-        print(f"upgrade-guard: {err}", file=sys.stderr)
-        return 1
-    return diagnose(cluster, values["validating_configuration"], values["mutating_configuration"])
+    return diagnose(_connect(values["kubeconfig"]), values["validating_configuration"],
+                    values["mutating_configuration"])
 
 
 COMMANDS = {"certs": _certs, "serve": _serve, "check": _check, "register": _register, "doctor": _doctor}

@@ -173,7 +173,8 @@ def _served(report: Report, cluster: Cluster, target: Target, pod: str, port: in
     try:
         forward = cluster.port_forward(target.namespace, pod, port)
     except ClusterError as err:
-        report.problem(f"pod {pod}: {err}", "doctor reaches the pods through the API: it needs create on pods/portforward")
+        report.problem(f"pod {pod}: {err}",
+                       "doctor reaches the pods through the API: it needs create on pods/portforward")
         return
     tunnel = forward.socket(port)
     tunnel.settimeout(10)
