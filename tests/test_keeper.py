@@ -134,7 +134,8 @@ def test_two_replicas_bootstrapping_at_once_converge_on_one_ca(kube, replica, cl
     for thread in threads:
         thread.join(30)
     assert not errors
-    assert sorted(kube.answered("POST", "/secrets")) == [201, 201, 409, 409]  # one winner per Secret
+    creates = kube.answered("POST", "/secrets")
+    assert creates.count(201) == 2 and 409 in creates, kube.requests  # one winner per Secret, the loser adopted it
     assert served(a) == served(b)
     assert_trusted(kube, [a, b], clock.now)
     a.sync(), b.sync()  # a report that lost a race lands in the next round
