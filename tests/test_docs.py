@@ -12,7 +12,9 @@ from tools import settings_table
 from webhook.cli import _JsonYamlLoader
 from webhook.config import Config
 from webhook.decision import Request, decide
-from webhook.settings import DECISION, SERVE
+from webhook.settings import USED_BY
+
+EVERY_SETTING = [setting for group, _ in USED_BY for setting in group]
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -38,7 +40,7 @@ def quoted_after(text: str, marker: str) -> list[str]:
 def test_settings_table_is_generated_from_the_code():
     assert settings_table.current(TEXTS[settings_table.DOC]) == settings_table.render()
     table = settings_table.render()
-    for setting in SERVE + DECISION:
+    for setting in EVERY_SETTING:
         assert f"`{setting.flag}`" in table and f"`{setting.env}`" in table
 
 
@@ -60,7 +62,7 @@ def test_the_dry_run_demonstration_shows_what_the_guard_answers():
 
 
 def test_every_documented_variable_is_a_setting():
-    known = {s.env for s in SERVE + DECISION}
+    known = {s.env for s in EVERY_SETTING}
     for path, text in TEXTS.items():
         assert set(re.findall(r"UPGRADE_GUARD_[A-Z_]+", text)) <= known, path
 
@@ -78,3 +80,10 @@ def test_links_between_the_documents_resolve():
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
             if "://" not in target:
                 assert (path.parent / target).exists(), (path, target)
+
+
+def test_the_table_covers_every_group_of_settings():
+    import webhook.settings as module
+    groups = [value for value in vars(module).values()
+              if isinstance(value, tuple) and value and all(isinstance(s, module.Setting) for s in value)]
+    assert {s.flag for group in groups for s in group} == {s.flag for s in EVERY_SETTING}

@@ -1,8 +1,9 @@
-"""The `upgrade-guard` command: certs, serve, check."""
+"""The `upgrade-guard` command: certs, serve, check, register, doctor."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import logging.config
@@ -13,7 +14,7 @@ import yaml
 
 from webhook import certs
 from webhook.logs import logging_dict
-from webhook.settings import DECISION, SERVE, SettingError, decision_config, resolve
+from webhook.settings import CLUSTER, DECISION, SELF_MANAGED, SERVE, SettingError, decision_config, resolve
 
 log = logging.getLogger("upgrade_guard")
 
@@ -51,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     for setting in SERVE + DECISION:
         setting.add_to(serve)
+    for setting in SELF_MANAGED + CLUSTER:
+        setting.add_to(serve)
 
     check = commands.add_parser(
         "check", help="decide offline whether an update from OLD to NEW would be a violation",
@@ -72,6 +75,22 @@ def _parser() -> argparse.ArgumentParser:
     manifests.add_argument("--image", default=None, help="the guard's image [default: upgrade-guard:VERSION]")
     for setting in MANIFEST_SETTINGS:
         setting.add_to(manifests)
+
+    register = commands.add_parser(
+        "register", help="put a CA into the caBundle of both webhook configurations (manual installs)",
+        description="Exit 0 when both configurations hold the CA, 1 when one is missing or the API refused, "
+                    "2 on bad input.",
+    )
+    register.add_argument("--ca-file", required=True, help="PEM file with the CA certificate(s) to trust")
+    for setting in CLUSTER:
+        setting.add_to(register)
+
+    doctor = commands.add_parser(
+        "doctor", help="check the installed guard: configurations, certificates, endpoints, wiped Upgrades",
+        description="Read-only. Exit 0 when nothing is wrong, 1 when a problem was found, 2 on bad input.",
+    )
+    for setting in CLUSTER:
+        setting.add_to(doctor)
     return parser
 
 
@@ -90,6 +109,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = decision_config(values)
     logging.config.dictConfig(logging_dict(values["log_level"]))
     cert_dir = Path(values["cert_dir"])
+    managed = resolve(SELF_MANAGED + CLUSTER, args)
+    keeper = _keeper(managed, cert_dir, values["dev"]) if managed["self_managed"] else None
     if values["dev"] and not (cert_dir / "tls.crt").exists():
         certs.write_bundle(cert_dir, ["localhost", "127.0.0.1", "::1"] + certs.service_names())
         log.info("development certificates written", extra={"cert_dir": str(cert_dir)})
@@ -102,8 +123,32 @@ def _serve(args: argparse.Namespace) -> int:
                                 "exempt_groups": sorted(config.exempt_groups)})
     GuardServer(config, cert_dir=cert_dir, bind=values["bind"], workers=values["workers"],
                 threads=values["threads"], max_body=values["max_body"], keepalive=values["keepalive"],
-                log_level=values["log_level"], metrics_dir=values["metrics_dir"], drain=values["drain"]).run()
+                log_level=values["log_level"], metrics_dir=values["metrics_dir"], drain=values["drain"],
+                keeper=keeper).run()
     return 0
+
+
+def _connect(kubeconfig: str, guard=None):
+    """A client for the API; a kubeconfig that cannot be used is bad input (exit 2)."""
+    from webhook.cluster import ClusterError, connect
+
+    try:
+        return connect(kubeconfig, guard)
+    except ClusterError as err:
+        raise SettingError(str(err)) from None
+
+
+def _keeper(values: dict, cert_dir: Path, dev: bool):
+    """Self-managed mode: connect, and wait until the cert dir holds a certificate (kept fresh from then on)."""
+    from webhook.keeper import FORK_GUARD, CertificateKeeper, Plan
+
+    if dev:
+        raise SettingError("--dev and --self-managed exclude each other: the keeper writes the certificates")
+    keeper = CertificateKeeper(_connect(values["kubeconfig"], FORK_GUARD), Plan.from_settings(values, cert_dir))
+    log.info("self-managed certificates", extra={"namespace": keeper.plan.namespace, "replica": keeper.plan.replica,
+                                                 "secrets": [keeper.plan.ca_secret, keeper.plan.tls_secret]})
+    keeper.bootstrap()
+    return keeper
 
 
 def _load(path: str) -> dict:
@@ -160,7 +205,44 @@ def _manifests(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"certs": _certs, "serve": _serve, "check": _check, "manifests": _manifests}
+def _register(args: argparse.Namespace) -> int:
+    from webhook.cluster import KIND_NAMES, ClusterError, set_ca_bundle
+
+    values = resolve(CLUSTER, args)
+    try:
+        pem_bytes = Path(args.ca_file).read_bytes()
+        cas = certs.load_certificates(pem_bytes)
+    except (OSError, ValueError) as err:
+        raise SettingError(f"--ca-file {args.ca_file}: no PEM certificate in it ({err})") from None
+    bundle = base64.b64encode(certs.pem(cas)).decode()
+    cluster = _connect(values["kubeconfig"])
+    failed = 0
+    try:
+        for kind in ("validating", "mutating"):
+            name = values[f"{kind}_configuration"]
+            changed = set_ca_bundle(cluster, kind, name, bundle)
+            if changed is None:
+                print(f"{KIND_NAMES[kind]} {name}: not found (apply the manifests first)")
+                failed += 1
+            else:
+                print(f"{KIND_NAMES[kind]} {name}: caBundle " +
+                      (f"set on {changed} webhook(s)" if changed else "already holds this CA"))
+    except ClusterError as err:
+        print(f"upgrade-guard: {err}", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from webhook.doctor import diagnose
+
+    values = resolve(CLUSTER, args)
+    return diagnose(_connect(values["kubeconfig"]), values["validating_configuration"],
+                    values["mutating_configuration"])
+
+
+COMMANDS = {"certs": _certs, "serve": _serve, "check": _check, "manifests": _manifests,
+            "register": _register, "doctor": _doctor}
 
 
 def main(argv: list[str] | None = None) -> int:

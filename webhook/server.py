@@ -71,7 +71,8 @@ def _tmp_dir() -> str | None:
 
 class GuardServer(BaseApplication):
     def __init__(self, config: Config, *, cert_dir: str | Path, bind: str, workers: int, threads: int,
-                 max_body: int, keepalive: int, log_level: str, metrics_dir: str = "", drain: float = 0.0):
+                 max_body: int, keepalive: int, log_level: str, metrics_dir: str = "", drain: float = 0.0,
+                 keeper=None):
         self.config = config
         self.drain = drain
         self.draining = DrainFlag()
@@ -100,6 +101,9 @@ class GuardServer(BaseApplication):
             "control_socket_disable": True,  # it would write under $HOME, which is read-only in the pod
             "proc_name": "upgrade-guard",
         }
+        if keeper is not None:  # self-managed: the keeper's loop is a thread of this process, the master
+            self.options["when_ready"] = lambda _arbiter: keeper.start()
+            self.options["on_exit"] = lambda _arbiter: keeper.stop(10)
         super().__init__()
 
     def _pre_request(self, _worker, req) -> None:

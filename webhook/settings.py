@@ -141,6 +141,29 @@ SERVE = (
 )
 
 
+# The Kubernetes API: `serve --self-managed`, `register` and `doctor`.
+CLUSTER = (
+    Setting("kubeconfig", "kubeconfig file for the Kubernetes API (empty: $KUBECONFIG or ~/.kube/config, else the "
+            "pod's service account)", ""),
+    Setting("validating-configuration", "name of the ValidatingWebhookConfiguration", "upgrade-guard"),
+    Setting("mutating-configuration", "name of the MutatingWebhookConfiguration", "upgrade-guard"),
+)
+
+SELF_MANAGED = (
+    Setting("self-managed", "keep a CA and a serving certificate in Secrets through the Kubernetes API, write them "
+            "into the cert dir (an emptyDir) and set the caBundle of both configurations", False, switch=True),
+    Setting("namespace", "namespace of the Secrets and the Service (empty: the pod's own)", ""),
+    Setting("service", "the webhook Service; the certificate is for its names", "upgrade-guard"),
+    Setting("ca-secret", "Secret holding the CA", "upgrade-guard-ca"),
+    Setting("tls-secret", "Secret holding the serving certificate", "upgrade-guard-tls"),
+    Setting("ca-days", "lifetime of a new CA in days; rotated at 2/3 of it", 3650, _positive(float)),
+    Setting("cert-days", "lifetime of a serving certificate in days; renewed at 2/3 of it", 365, _positive(float)),
+    Setting("sync-interval", "seconds between two rounds of the certificate keeper", 60, _positive(float)),
+    Setting("replica-name", "this replica's name in the serving Secret's served-by record (empty: the host name, "
+            "which is the pod's name)", ""),
+)
+
+
 def resolve(settings: tuple[Setting, ...], args: argparse.Namespace, environ: dict[str, str] | None = None) -> dict:
     environ = os.environ if environ is None else environ
     return {s.dest: s.value(args, environ) for s in settings}
@@ -157,3 +180,8 @@ def decision_config(values: dict) -> Config:
         )
     except ValueError as err:
         raise SettingError(str(err)) from None
+
+
+# Every group of settings and the commands that read it: the generated table in docs/settings.md says so.
+USED_BY = ((SERVE, "serve"), (DECISION, "serve, check"), (SELF_MANAGED, "serve"),
+           (CLUSTER, "serve --self-managed, register, doctor"))

@@ -57,6 +57,7 @@ class ServingCertificate:
         self._lock = threading.Lock()
         self._loaded: Loaded | None = None
         self._signature: tuple | None = None
+        self._failed: tuple | None = None  # files that would not load: logged once, not every second
         self._checked = float("-inf")
         self.error = "not loaded yet"
 
@@ -79,23 +80,38 @@ class ServingCertificate:
             if signature is None:
                 self.error = f"{self.cert_file} or {self.key_file} is missing"
                 return self._loaded
-            if signature != self._signature:
+            if signature == self._signature:
+                self.error = ""  # the files being served are back (after a moment of being missing)
+            elif signature != self._failed:
                 self._load(signature)
             return self._loaded
 
     def _load(self, signature: tuple) -> None:
-        try:
-            context = server_context(self.cert_file, self.key_file, self.client_ca)
-            cert = x509.load_pem_x509_certificate(self.cert_file.read_bytes())
-        except (OSError, ValueError, ssl.SSLError) as err:
-            self.error = f"cannot load {self.cert_file}: {err}"
-            log.error("certificate not loaded, keeping the previous one", extra={"error": self.error})
-            return
-        self._signature = signature
+        for _ in range(3):
+            try:
+                context = server_context(self.cert_file, self.key_file, self.client_ca)
+                cert = x509.load_pem_x509_certificate(self.cert_file.read_bytes())
+            except (OSError, ValueError, ssl.SSLError) as err:
+                now = self._stat_signature()
+                if now is not None and now != signature:
+                    signature = now  # swapped while being read (new cert, old key): read the new pair
+                    continue
+                self._failed = signature
+                self.error = f"cannot load {self.cert_file}: {err}"
+                log.error("certificate not loaded, keeping the previous one", extra={"error": self.error})
+                return
+            break
+        else:
+            return  # still changing: the next look tries again
+        self._signature, self._failed = signature, None
         self._loaded = Loaded(context, cert.not_valid_after_utc, cert.subject.rfc4514_string())
         self.error = ""
         log.info("certificate loaded", extra={"subject": self._loaded.subject,
-                                              "not_after": self._loaded.not_after.isoformat()})
+                                              "not_after": self._loaded.not_after.isoformat(),
+                                              "days_left": round(self._days_left(), 1)})
+
+    def _days_left(self) -> float:
+        return (self._loaded.not_after - dt.datetime.now(dt.timezone.utc)).total_seconds() / 86400
 
     def context(self) -> ssl.SSLContext:
         loaded = self.refresh()
