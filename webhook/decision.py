@@ -5,7 +5,7 @@ Pure: no I/O, no web framework, no globals. Everything the guard promises is dec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from webhook.config import Config, FieldPath
 from webhook.values import describe, lookup, same, same_except
