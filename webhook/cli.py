@@ -89,7 +89,8 @@ def _serve(args: argparse.Namespace) -> int:
                                 "exempt_groups": sorted(config.exempt_groups)})
     GuardServer(config, cert_dir=cert_dir, bind=values["bind"], workers=values["workers"],
                 threads=values["threads"], max_body=values["max_body"], keepalive=values["keepalive"],
-                log_level=values["log_level"]).run()
+                log_level=values["log_level"], request_timeout=values["request_timeout"],
+                max_connections=values["max_connections"], client_ca=values["client_ca"]).run()
     return 0
 
 

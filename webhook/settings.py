@@ -127,6 +127,12 @@ SERVE = (
             120, _positive(int)),
     Setting("log-level", "debug, info, warning or error", "info", _choice("debug", "info", "warning", "error")),
     Setting("dev", "generate development certificates into the cert dir when it has none", False, switch=True),
+    Setting("request-timeout", "seconds a request has, from its first byte, to arrive and be answered; a slower "
+            "connection is closed (idle kept-alive ones wait up to --keepalive)", 10.0, _positive(float)),
+    Setting("max-connections", "open connections per worker, idle kept-alive ones included; more wait to be "
+            "accepted", 250, _positive(int)),
+    Setting("client-ca", "CA file: /validate and /mutate then require a client certificate it verifies (the "
+            "apiserver's); /healthz, /readyz and /metrics never do", None),
 )
 
 
