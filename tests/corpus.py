@@ -133,4 +133,5 @@ def answer(body: bytes) -> dict | None:
 def connect(port: int, ca_file: Path, server_name: str, timeout: float) -> ssl.SSLSocket:
     context = ssl.create_default_context(cafile=str(ca_file))
     raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return context.wrap_socket(raw, server_hostname=server_name)

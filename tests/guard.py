@@ -40,6 +40,7 @@ class ApiserverConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         raw = socket.create_connection((self.host, self.port), self.timeout)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as Go's net package sets it by default
         self.sock = self._context.wrap_socket(raw, server_hostname=self.server_name)
 
     def review(self, path: str, document: dict | bytes, headers: dict | None = None) -> tuple[int, dict, dict | bytes]:
