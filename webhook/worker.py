@@ -74,15 +74,29 @@ class GuardWorker(ThreadWorker):
         self.max_body = self.app.max_body
         self.collecting: dict[GuardConnection, None] = {}  # an ordered set
 
-    def accept(self, listener) -> None:
+    def accept(self, listener) -> bool:
+        """Take one waiting connection; False when none was waiting."""
         try:
             client_sock, client_addr = listener.accept()
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
                 raise
-            return
+            return False
         self.nr_conns += 1
         self._collect(GuardConnection(self.cfg, client_sock, client_addr, listener.getsockname()))
+        return True
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """When the worker stops: take (and answer, with Connection: close) what already waits in the listen
+        queue, then close its copy of the listening socket. Once every process has, a new connection is
+        refused at once rather than queued and reset when the last worker exits."""
+        super().set_accept_enabled(enabled)
+        if enabled or self.alive:
+            return  # the connection cap was reached: accepting resumes later
+        for listener in self.sockets:
+            while self.accept(listener):
+                pass
+            listener.close()
 
     def on_client_socket_readable(self, conn, client) -> None:
         """A kept-alive connection has the next request's first bytes (or its end)."""
