@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CORPUS = Path(__file__).with_name("hostile")
+TRACES = ("Traceback", 'File "', ".py", "site-packages", "/usr/", "/root/", "/home/")  # never in an answer
 
 
 @dataclass

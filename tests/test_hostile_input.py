@@ -43,6 +43,7 @@ def test_hostile_request(hostile_guard, case):
     assert status < 500, f"{case.name}: {status} {body[:300]!r}"
     assert hostile_guard.process.poll() is None, "the guard died"
     assert headers.get("content-type") == "application/json" and document is not None, body[:300]
+    assert not any(trace.encode() in body for trace in corpus.TRACES), body[:300]
     if case.expect.isdigit():
         assert status == int(case.expect), f"{case.name} ({case.why}): {status} {body[:300]!r}"
         assert document["kind"] == "Status" and document["code"] == status, document
