@@ -5,7 +5,7 @@ altered) is denied by /validate, and /mutate's patch gives back exactly the stor
 exactly the rest of the write. Every other write (kubectl label, the exempt controller, a status change
 without a dismissal, a dismissal with other edits) is allowed untouched by both.
 
-UPGRADE_GUARD_PROPERTY_CASES sets the number of cases (default 300; 10000 for the full run).
+The number of cases: 300, or 10,000 with UPGRADE_GUARD_LONG_TESTS=1 (or UPGRADE_GUARD_PROPERTY_CASES=N).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
 from collections import Counter
 
 import jsonpatch
@@ -21,12 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.figures import FIGURES
+from tests.switches import amount
 from tests.upgrades import ADMIN, CONDITIONS, CONTROLLER, LABEL, finished_upgrade, review
 from webhook.app import create_app
 from webhook.config import Config
 from webhook.values import lookup, same
 
-CASES = int(os.environ.get("UPGRADE_GUARD_PROPERTY_CASES", "300"))
+CASES = int(amount("UPGRADE_GUARD_PROPERTY_CASES", 300, 10_000))
 CONFIG = Config()
 PROTECTED = [p.keys for p in CONFIG.protected]
 COUNTS: Counter = Counter()

@@ -2,14 +2,13 @@
 
 Three kinds of input: AdmissionReviews whose members are any JSON value (structured), arbitrary bodies,
 paths, methods and content types (unstructured), and arbitrary request lines and headers (raw). The
-number of examples of each is UPGRADE_GUARD_FUZZ_EXAMPLES (default 100).
+number of examples of each is 100, or 1000 with UPGRADE_GUARD_LONG_TESTS=1 (or UPGRADE_GUARD_FUZZ_EXAMPLES=N).
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,9 +17,10 @@ from hypothesis import strategies as st
 from tests import corpus
 from tests.figures import FIGURES
 from tests.guard import SERVICE_HOST, Guard
+from tests.switches import amount
 from tests.upgrades import dashboard_put, finished_upgrade, kubectl_label
 
-EXAMPLES = int(os.environ.get("UPGRADE_GUARD_FUZZ_EXAMPLES", "100"))
+EXAMPLES = int(amount("UPGRADE_GUARD_FUZZ_EXAMPLES", 100, 1000))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 STORED = finished_upgrade(nodes=2)

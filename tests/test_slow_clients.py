@@ -7,7 +7,6 @@ worker holds; and an honest client is answered quickly all along.
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 import time
@@ -17,12 +16,13 @@ import pytest
 from tests import corpus
 from tests.figures import FIGURES
 from tests.guard import SERVICE_HOST, Guard
+from tests.switches import amount
 from tests.upgrades import dashboard_put, finished_upgrade, review
 
 STORED = finished_upgrade()
 REQUEST_TIMEOUT = 2.0
-# The promise itself (idle for longer than the apiserver's 90 s) takes a while: on with UPGRADE_GUARD_LONG_TESTS=1.
-LONG = os.environ.get("UPGRADE_GUARD_LONG_TESTS") == "1"
+# The promise itself (idle for longer than the apiserver's 90 s) takes a while: with UPGRADE_GUARD_LONG_TESTS=1.
+IDLE = amount("UPGRADE_GUARD_IDLE_SECONDS", REQUEST_TIMEOUT * 2 + 1, 95)
 
 
 def _tls(guard: Guard) -> ssl.SSLSocket:
@@ -99,7 +99,7 @@ def test_a_body_that_stops_is_closed_by_the_request_timeout(cert_dir):
 
 def test_idle_keep_alive_outlives_the_request_timeout(cert_dir):
     """Idle between requests is not "slow": the connection waits for its next request up to --keepalive."""
-    idle = 95.0 if LONG else REQUEST_TIMEOUT * 2 + 1
+    idle = IDLE
     with Guard(cert_dir, "--workers", "1", "--request-timeout", str(REQUEST_TIMEOUT)) as guard:
         connection = guard.connect(timeout=idle + 10)
         assert connection.review("/validate", review(STORED, dashboard_put(STORED)))[0] == 200
