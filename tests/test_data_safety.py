@@ -5,7 +5,7 @@ altered) is denied by /validate, and /mutate's patch gives back exactly the stor
 exactly the rest of the write. Every other write (kubectl label, the exempt controller, a status change
 without a dismissal, a dismissal with other edits) is allowed untouched by both.
 
-The number of cases: 300, or 10,000 with UPGRADE_GUARD_LONG_TESTS=1 (or UPGRADE_GUARD_PROPERTY_CASES=N).
+The number of cases: 200, or 10,000 with UPGRADE_GUARD_LONG_TESTS=1 (or UPGRADE_GUARD_PROPERTY_CASES=N).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from webhook.app import create_app
 from webhook.config import Config
 from webhook.values import lookup, same
 
-CASES = int(amount("UPGRADE_GUARD_PROPERTY_CASES", 300, 10_000))
+CASES = int(amount("UPGRADE_GUARD_PROPERTY_CASES", 200, 10_000))
 CONFIG = Config()
 PROTECTED = [p.keys for p in CONFIG.protected]
 COUNTS: Counter = Counter()

@@ -1,6 +1,6 @@
 """Faults under load, on loopback and bounded in time: a killed worker, SIGTERM, certificate rotation, a soak.
 
-The sustained load runs 5 s, or the promised minute with UPGRADE_GUARD_LONG_TESTS=1 (or UPGRADE_GUARD_SOAK_SECONDS=N).
+The sustained load runs 3 s, or the promised minute with UPGRADE_GUARD_LONG_TESTS=1 (or UPGRADE_GUARD_SOAK_SECONDS=N).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tests.load import Load
 from tests.switches import amount
 from webhook import certs
 
-SOAK_SECONDS = amount("UPGRADE_GUARD_SOAK_SECONDS", 5, 60)
+SOAK_SECONDS = amount("UPGRADE_GUARD_SOAK_SECONDS", 3, 60)
 SOAK_MEMORY_GROWTH_LIMIT = 16 * 1024 * 1024
 
 

@@ -66,7 +66,7 @@ def reviews(draw) -> dict:
 
 @pytest.fixture(scope="module")
 def fuzzed(cert_dir):
-    with Guard(cert_dir, "--request-timeout", "2") as running:
+    with Guard(cert_dir, "--request-timeout", "1") as running:
         yield running
 
 

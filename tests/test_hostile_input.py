@@ -15,7 +15,7 @@ from tests.figures import FIGURES
 from tests.guard import SERVICE_HOST, Guard
 
 CASES = corpus.cases()
-REQUEST_TIMEOUT = 2  # seconds; the cases that stop sending half-way are closed after it
+REQUEST_TIMEOUT = 1  # seconds; the cases that stop sending half-way are closed after it
 MEMORY_GROWTH_LIMIT = 96 * 1024 * 1024  # after 76 requests, a few of them many MB large
 
 

@@ -20,7 +20,7 @@ from tests.switches import amount
 from tests.upgrades import dashboard_put, finished_upgrade, review
 
 STORED = finished_upgrade()
-REQUEST_TIMEOUT = 2.0
+REQUEST_TIMEOUT = 1.0
 # The promise itself (idle for longer than the apiserver's 90 s) takes a while: with UPGRADE_GUARD_LONG_TESTS=1.
 IDLE = amount("UPGRADE_GUARD_IDLE_SECONDS", REQUEST_TIMEOUT * 2 + 1, 95)
 
@@ -46,7 +46,7 @@ def _closed(sock: ssl.SSLSocket) -> bytes | None:
 
 
 def test_trickling_requests_are_closed_and_others_served(cert_dir):
-    """Three slow clients per thread, each sending a header line every 0.2 s: none of them gets a thread."""
+    """Three slow clients per thread, each sending a header line every 0.1 s or so: none of them gets a thread."""
     with Guard(cert_dir, "--workers", "1", "--threads", "2", "--request-timeout", str(REQUEST_TIMEOUT)) as guard:
         slow = [_tls(guard) for _ in range(6)]
         started = time.monotonic()
@@ -71,14 +71,14 @@ def test_trickling_requests_are_closed_and_others_served(cert_dir):
             status, _, answer = honest.review("/validate", review(STORED, dashboard_put(STORED)))
             latencies.append(time.monotonic() - before)
             assert status == 200 and answer["response"]["allowed"] is False
-            time.sleep(0.2)
+            time.sleep(0.1)
         honest.close()
         for sock in slow:
             sock.close()
     assert len(closed_after) == len(slow), "a trickling request was never closed"
     assert all(REQUEST_TIMEOUT - 0.1 <= t <= REQUEST_TIMEOUT + 2 for t in closed_after.values()), closed_after
     assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers.values()), answers
-    assert len(latencies) >= 10 and max(latencies) < 1.0, latencies
+    assert len(latencies) >= 5 and max(latencies) < 0.5, latencies
     FIGURES.add("faults survived", "slow clients (6 trickling requests on 2 threads)")
 
 
