@@ -19,3 +19,12 @@ def guard(cert_dir):
     """One running guard with default settings, shared by the end-to-end tests that only read from it."""
     with Guard(cert_dir) as running:
         yield running
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.figures import FIGURES
+
+    if FIGURES.lines():
+        terminalreporter.section("hardening figures")
+        for line in FIGURES.lines():
+            terminalreporter.write_line(line)

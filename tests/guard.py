@@ -131,6 +131,32 @@ class Guard:
                 raise RuntimeError("the guard did not become ready:\n" + "\n".join(self.lines[-20:]))
             time.sleep(0.05)
 
+    def workers(self) -> list[int]:
+        """The worker processes' ids, as the kernel lists the master's children."""
+        assert self.process
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+        return [int(pid) for pid in children.split()]
+
+    def wait_workers(self, count: int, timeout: float = 20, other_than: tuple[int, ...] = ()) -> list[int]:
+        """Wait until `count` workers run (none of them in `other_than`) and each has said it booted."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.workers()
+            booted = {int(m) for line in self.lines for m in re.findall(r"Booting worker with pid: (\d+)", line)}
+            if len(pids) == count and not set(pids) & set(other_than) and set(pids) <= booted:
+                return pids
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"workers are {pids}, not {count} new ones:\n" + "\n".join(self.lines[-20:]))
+            time.sleep(0.05)
+
+    def memory(self) -> int:
+        """Resident memory of the workers together, in bytes."""
+        total = 0
+        for pid in self.workers():
+            status = Path(f"/proc/{pid}/status").read_text()
+            total += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
+        return total
+
     def stop(self, timeout: float = 30) -> int | None:
         if not self.process or self.process.poll() is not None:
             return self.process.returncode if self.process else None

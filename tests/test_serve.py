@@ -136,7 +136,8 @@ def test_idle_connections_outlive_the_apiserver_s_and_then_close(cert_dir):
     from webhook.server import GuardServer
     server = GuardServer(Config(), cert_dir=cert_dir, bind="127.0.0.1:0", workers=1, threads=1,
                          max_body=1024, keepalive=120, log_level="info")
-    assert server.cfg.keepalive == 120 > 90 and server.cfg.worker_class_str == "gthread"
+    from gunicorn.workers.gthread import ThreadWorker
+    assert server.cfg.keepalive == 120 > 90 and issubclass(server.cfg.worker_class, ThreadWorker)
     with Guard(cert_dir, "--workers", "1", "--keepalive", "2") as short:
         connection = short.connect()
         assert connection.get("/healthz")[0] == 200

@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from webhook.admission import WEBHOOKS, outcome, respond
 from webhook.config import Config
-from webhook.review import BadReview, Review
+from webhook.review import BadReview, Review, status_document
 
 log = logging.getLogger("upgrade_guard.review")
 
@@ -33,18 +33,29 @@ def _json(document: dict, status: int = 200) -> Response:
 def _failure(code: int, reason: str, message: str) -> Response:
     """A Kubernetes-style Status document: what kube clients expect an error body to look like."""
     request.environ[REVIEW_ERROR] = (code, message)
-    return _json({"apiVersion": "v1", "kind": "Status", "status": "Failure",
-                  "code": code, "reason": reason, "message": message}, code)
+    return _json(status_document(code, reason, message), code)
 
 
 def _is_json(mimetype: str) -> bool:
     return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 
-def create_app(config: Config, problem: Callable[[], str] = lambda: "", max_body: int = DEFAULT_MAX_BODY) -> Flask:
-    """`problem()` says why the guard is not ready ("" when it is), e.g. a missing or expired certificate."""
+def create_app(config: Config, problem: Callable[[], str] = lambda: "", max_body: int = DEFAULT_MAX_BODY,
+               client_cert_required: bool = False) -> Flask:
+    """`problem()` says why the guard is not ready ("" when it is), e.g. a missing or expired certificate.
+
+    With `client_cert_required` the webhooks answer only a client whose certificate the server verified
+    (`SSL_CLIENT_VERIFY`, as mod_ssl names it); health, readiness and metrics stay open to probes.
+    """
     app = Flask("upgrade_guard")
     app.config["MAX_CONTENT_LENGTH"] = max_body
+
+    @app.before_request
+    def authenticate() -> Response | None:
+        if client_cert_required and request.endpoint in WEBHOOKS and \
+                request.environ.get("SSL_CLIENT_VERIFY") != "SUCCESS":
+            return _failure(401, "Unauthorized", "a client certificate signed by the client CA is required")
+        return None
 
     def review(webhook: str) -> Response:
         started = time.perf_counter()

@@ -117,6 +117,8 @@ def _serve(args: argparse.Namespace) -> int:
     if not (cert_dir / "tls.crt").exists() or not (cert_dir / "tls.key").exists():
         raise SettingError(f"no tls.crt and tls.key in {cert_dir}: pass --dev, or make them with "
                            f"`upgrade-guard certs --out {cert_dir}`")
+    if values["client_ca"] and not Path(values["client_ca"]).is_file():
+        raise SettingError(f"--client-ca {values['client_ca']}: no such file")
     log.info("starting", extra={"bind": values["bind"], "workers": values["workers"], "strict": config.strict,
                                 "label": config.label, "protected": [str(p) for p in config.protected],
                                 "exempt_users": sorted(config.exempt_users),
@@ -124,7 +126,8 @@ def _serve(args: argparse.Namespace) -> int:
     GuardServer(config, cert_dir=cert_dir, bind=values["bind"], workers=values["workers"],
                 threads=values["threads"], max_body=values["max_body"], keepalive=values["keepalive"],
                 log_level=values["log_level"], metrics_dir=values["metrics_dir"], drain=values["drain"],
-                keeper=keeper).run()
+                request_timeout=values["request_timeout"], max_connections=values["max_connections"],
+                client_ca=values["client_ca"], keeper=keeper).run()
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -23,8 +24,23 @@ class BadReview(ValueError):
         self.code = code
 
 
+def status_document(code: int, reason: str, message: str) -> dict:
+    """A Kubernetes `Status` of failure: what kube clients expect an error body to look like."""
+    return {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": code, "reason": reason,
+            "message": message}
+
+
 def _reject_constant(name: str) -> float:
     raise BadReview(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; one beyond a double's range (1e400) is refused, as Go's decoder refuses it:
+    it would come back as Infinity, which is not JSON, in a patch that restores it."""
+    value = float(text)
+    if math.isinf(value):
+        raise BadReview(f"the number {text[:40]} is out of range")
+    return value
 
 
 def _text(value: object) -> str:
@@ -44,7 +60,7 @@ class Review:
     @classmethod
     def parse(cls, body: bytes) -> Review:
         try:
-            document = json.loads(body, parse_constant=_reject_constant)
+            document = json.loads(body, parse_constant=_reject_constant, parse_float=_finite)
         except BadReview:
             raise
         except RecursionError:

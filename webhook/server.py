@@ -17,12 +17,15 @@ from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import BadRequest, ClientDisconnected, RequestTimeout
 
 from webhook.app import create_app
 from webhook.config import Config
 from webhook.logs import logging_dict
 from webhook.multiproc import MetricsDirectory
 from webhook.tls import CERT_FILE, KEY_FILE, ServingCertificate
+from webhook.worker import GuardWorker
 
 
 GRACEFUL_TIMEOUT = 20  # seconds the workers get to finish in-flight requests once the drain is over
@@ -69,23 +72,74 @@ def _tmp_dir() -> str | None:
     return "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
+class _Body:
+    """gunicorn's request body, where what goes wrong while reading it is the client's fault: a 4xx, not a 500.
+
+    gunicorn parses a chunked body only as the app reads it, so a broken chunk surfaces inside the app, as
+    does a body that stops coming (the worker's socket timeout) or a client that goes away.
+    """
+
+    def __init__(self, body):
+        self._body = body
+
+    def _read(self, method, *args):
+        try:
+            return method(*args)
+        except ParseException as err:
+            raise BadRequest(f"the request body is not valid HTTP/1.1 framing: {type(err).__name__}") from None
+        except TimeoutError:
+            raise RequestTimeout("the request body did not arrive in time") from None
+        except OSError:
+            raise ClientDisconnected() from None
+
+    def read(self, *args):
+        return self._read(self._body.read, *args)
+
+    def readline(self, *args):
+        return self._read(self._body.readline, *args)
+
+    def readlines(self, *args):
+        return self._read(self._body.readlines, *args)
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+
+def _for_the_app(app):
+    """gunicorn's environ as the app expects it: the body as `_Body`, and mod_ssl's SSL_CLIENT_VERIFY read
+    from the TLS socket gunicorn puts in the environ.
+
+    The context verifies a certificate the client presents (or fails the handshake), so one that is
+    there is verified.
+    """
+    def adapted(environ, start_response):
+        environ["SSL_CLIENT_VERIFY"] = "SUCCESS" if environ["gunicorn.socket"].getpeercert() else "NONE"
+        environ["wsgi.input"] = _Body(environ["wsgi.input"])
+        return app(environ, start_response)
+    return adapted
+
+
 class GuardServer(BaseApplication):
     def __init__(self, config: Config, *, cert_dir: str | Path, bind: str, workers: int, threads: int,
                  max_body: int, keepalive: int, log_level: str, metrics_dir: str = "", drain: float = 0.0,
+                 request_timeout: float = 10.0, max_connections: int = 250, client_ca: str | Path | None = None,
                  keeper=None):
         self.config = config
         self.drain = drain
         self.draining = DrainFlag()
         self.cert_dir = Path(cert_dir)
-        self.certificate = ServingCertificate(self.cert_dir)
+        self.certificate = ServingCertificate(self.cert_dir, client_ca)
         self.certificate.refresh()  # load (and log the expiry) once before the workers fork
         self.max_body = max_body
         self.metrics_dir = metrics_dir
+        self.request_timeout = request_timeout  # read by GuardWorker
+        self.client_cert_required = client_ca is not None
         self.options = {
             "bind": [bind],
             "workers": workers,
-            "worker_class": "gthread",  # keeps connections alive, as the apiserver expects
+            "worker_class": GuardWorker,  # gthread (keeps connections alive) that slow clients cannot block
             "threads": threads,
+            "worker_connections": max_connections,
             "keepalive": keepalive,
             "timeout": 30,
             "graceful_timeout": GRACEFUL_TIMEOUT,
@@ -142,4 +196,5 @@ class GuardServer(BaseApplication):
     def load(self):
         from webhook.metrics import Instrumented  # in the worker, once the metrics directory is exported
 
-        return Instrumented(create_app(self.config, self._problem, self.max_body), self.config, self._not_after)
+        app = create_app(self.config, self._problem, self.max_body, self.client_cert_required)
+        return _for_the_app(Instrumented(app, self.config, self._not_after))

@@ -138,6 +138,12 @@ SERVE = (
     Setting("dev", "generate development certificates into the cert dir when it has none", False, switch=True),
     Setting("drain", "seconds to keep answering after SIGTERM (readiness 503, every answer Connection: close) "
             "before finishing in-flight requests and exiting; 0 stops at once", 5.0, _seconds),
+    Setting("request-timeout", "seconds a request has, from its first byte, to arrive and be answered; a slower "
+            "connection is closed (idle kept-alive ones wait up to --keepalive)", 10.0, _positive(float)),
+    Setting("max-connections", "open connections per worker, idle kept-alive ones included; more wait to be "
+            "accepted", 250, _positive(int)),
+    Setting("client-ca", "CA file: /validate and /mutate then require a client certificate it verifies (the "
+            "apiserver's); /healthz, /readyz and /metrics never do", None),
 )
 
 
