@@ -155,6 +155,15 @@ class Apiserver:
                 for webhook in configuration["webhooks"]:
                     webhook["clientConfig"]["caBundle"] = base64.b64encode(ca_pem).decode()
 
+    def load_ca_bundles(self, bundles: dict[str, str | None]) -> None:
+        """The caBundle (base64) another writer put into each webhook, by webhook name: what the self-managed guard
+        patched into the configurations it found in the Kubernetes API."""
+        for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+            for configuration in self._of_kind(kind):
+                for webhook in configuration["webhooks"]:
+                    if bundles.get(webhook["name"]):
+                        webhook["clientConfig"]["caBundle"] = bundles[webhook["name"]]
+
     def inject_ca(self, ca_by_secret: dict[str, bytes]) -> int:
         """cert-manager's cainjector: a configuration annotated `inject-ca-from: ns/certificate` gets the `ca.crt`
         of that Certificate's secret. Returns how many configurations it injected."""

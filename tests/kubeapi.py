@@ -205,7 +205,7 @@ class KubeApi:
     # -- REST --------------------------------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: dict, content_type: str, body: bytes) -> tuple[int, dict]:
-        group, plural, namespace, name = _route(path)
+        group, plural, namespace, name = route(path)
         if (group, plural) not in RESOURCES:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         kind, namespaced = RESOURCES[(group, plural)]
@@ -327,7 +327,7 @@ def _json(body: bytes):
         raise ApiError(400, "BadRequest", "the body is not JSON") from None
 
 
-def _route(path: str) -> tuple[str, str, str, str]:
+def route(path: str) -> tuple[str, str, str, str]:
     """/api/v1/namespaces/NS/PLURAL/NAME or /apis/GROUP/VERSION/[namespaces/NS/]PLURAL[/NAME]."""
     parts = [p for p in path.split("/") if p]
     if parts[:2] == ["api", "v1"]:
@@ -414,7 +414,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- port-forward over WebSocket ---------------------------------------------------------------------
 
     def _port_forward(self, url) -> None:
-        group, plural, namespace, pod = _route(url.path.rsplit("/", 1)[0])
+        group, plural, namespace, pod = route(url.path.rsplit("/", 1)[0])
         port = int(parse_qs(url.query).get("ports", ["0"])[0])
         if self.api.get("", "pods", namespace, pod) is None:
             self._answer(404, _status(404, "NotFound", f'pods "{pod}" not found', name=pod, kind="pods"))

@@ -19,8 +19,11 @@ import yaml
 
 KNOWN_KEYS = {"apiVersion", "kind", "resources", "patches"}
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
-INSTALLS = {"default": ".", "cert-manager": "overlays/cert-manager", "strict": "overlays/strict",
-            "legacy": "overlays/legacy", "policy": "policy"}
+INSTALLS = {"default": ".", "cert-manager": "overlays/cert-manager", "manual": "overlays/manual",
+            "strict": "overlays/strict", "legacy": "overlays/legacy", "policy": "policy"}
+# Where the guard keeps its own certificates through the Kubernetes API; the other webhook installs read files.
+SELF_MANAGED = ("default", "strict", "legacy")
+FILE_MODE = ("cert-manager", "manual")
 
 
 def tool() -> list[str] | None:

@@ -1,8 +1,16 @@
 """End to end as installed: the rendered manifests in a played kube-apiserver (tests/apiserver.py), real guards
-started with the rendered Deployment's environment, every scenario judged by the object the apiserver stored."""
+started with the rendered Deployment's environment, every scenario judged by the object the apiserver stored.
+
+The plain install keeps its own certificates (`serve --self-managed`): its guards run against the in-test Kubernetes
+API (tests/kubeapi.py) holding the install's webhook configurations, and the played apiserver trusts the caBundle
+the keepers patched into them. Where the scenario is about admission, not certificates, the guards read files: the
+manual install, whose pods and configurations are the same but for where the certificate comes from, with the CA
+put in as `upgrade-guard register` does.
+"""
 
 from __future__ import annotations
 
+import base64
 import copy
 import signal
 import socket
@@ -11,10 +19,15 @@ import pytest
 
 from tests.apiserver import ApiError, Apiserver, CallFailed, verify_answer
 from tests.guard import Guard
+from tests.kubeapi import KubeApi, route
 from tests.kustomize import find, rendered
 from tests.upgrades import ADMIN, CONTROLLER, LABEL, dashboard_put, finished_upgrade
 
 NAMESPACE, NAME = "harvester-system", "hvst-upgrade-8fnwl"
+ADMISSION = "admissionregistration.k8s.io"
+SELF_MANAGED = "UPGRADE_GUARD_SELF_MANAGED"
+KINDS = {"ValidatingWebhookConfiguration": "validatingwebhookconfigurations",
+         "MutatingWebhookConfiguration": "mutatingwebhookconfigurations"}
 SERVICE = (NAMESPACE, "upgrade-guard")
 VALIDATE, MUTATE = "validate.upgrade-guard.harvester-system.svc", "mutate.upgrade-guard.harvester-system.svc"
 STORED = finished_upgrade()
@@ -25,20 +38,47 @@ def _deployment_env(objects: list[dict]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container["env"]}
 
 
-def replica(objects: list[dict], cert_dir, drain: float = 0) -> Guard:
+def replica(objects: list[dict], cert_dir, drain: float = 0, kube: KubeApi | None = None, name: str = "") -> Guard:
     """A guard as the install's pods run it: the Deployment's environment (the cert dir and the address given as
-    flags, which win over it), and a drain only when the test wants one."""
+    flags, which win over it), and a drain only when the test wants one. With `kube`, a self-managed install's guard
+    reaches the API there as pod `name`, its cert dir empty at start as an emptyDir is. Without, the guard reads the
+    certificate in `cert_dir` whatever the install says: for scenarios about admission, not certificates."""
     env = {**_deployment_env(objects), "UPGRADE_GUARD_DRAIN": str(drain)}
+    if kube is None:
+        env.pop(SELF_MANAGED, None)
+    else:
+        assert env[SELF_MANAGED] == "true" and not any(cert_dir.iterdir())
+        env.update(UPGRADE_GUARD_KUBECONFIG=str(kube.kubeconfig(cert_dir.parent / f"{name}.kubeconfig")),
+                   UPGRADE_GUARD_REPLICA_NAME=name)
     return Guard(cert_dir, "--workers", "1", env=env).start()
 
 
 @pytest.fixture(scope="module")
 def replicas(cert_dir):
-    """Two replicas of the default install."""
-    started = [replica(rendered("default"), cert_dir) for _ in range(2)]
+    """Two replicas of the manual install (file mode)."""
+    started = [replica(rendered("manual"), cert_dir) for _ in range(2)]
     yield started
     for guard in started:
         guard.stop()
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory):
+    """The Kubernetes API of a cluster where the default install's webhook configurations were applied."""
+    with KubeApi(tmp_path_factory.mktemp("kubeapi")) as api:
+        for configuration in rendered("default"):
+            if configuration["kind"] in KINDS:
+                api.put(configuration)
+        yield api
+
+
+@pytest.fixture(scope="module")
+def self_managed(kube, tmp_path_factory):
+    """A replica of the default install in a cluster without its Secrets (one: tests/test_self_managed.py has two
+    start at once, and each start costs seconds of the `kubernetes` client's imports)."""
+    guard = replica(rendered("default"), tmp_path_factory.mktemp("guard-a"), kube=kube, name="guard-a")
+    yield [guard]
+    guard.stop()
 
 
 @pytest.fixture(scope="module")
@@ -48,15 +88,28 @@ def strict_replicas(cert_dir):
     started[0].stop()
 
 
+def _ca_bundles(kube: KubeApi) -> dict[str, str | None]:
+    """The caBundle of each webhook of the configurations as the Kubernetes API holds them (all of them, or None)."""
+    bundles = {}
+    for kind, plural in KINDS.items():
+        configuration = kube.get(ADMISSION, plural, "", "upgrade-guard")
+        for webhook in configuration["webhooks"]:
+            bundles[webhook["name"]] = webhook["clientConfig"].get("caBundle")
+    return bundles
+
+
 @pytest.fixture
 def install(cert_dir):
-    """Make an apiserver with these objects applied, the caBundle patched in as the README says, and one finished
-    Upgrade stored; its connections are closed after the test."""
+    """Make an apiserver with these objects applied, and one finished Upgrade stored; its connections are closed
+    after the test. The caBundle: `register`ed from the CA of the file-mode guards, read back from the API where
+    self-managed guards keep it (`kube`), or none."""
     made: list[Apiserver] = []
 
-    def make(objects: list[dict], guards: list[Guard], ca: bool = True) -> Apiserver:
+    def make(objects: list[dict], guards: list[Guard], ca: bool = True, kube: KubeApi | None = None) -> Apiserver:
         api = Apiserver(objects, {SERVICE: [("127.0.0.1", g.port) for g in guards]})
-        if ca:
+        if kube is not None:
+            api.load_ca_bundles(_ca_bundles(kube))
+        elif ca:
             api.set_ca_bundle((cert_dir / "ca.crt").read_bytes())
         api.create(STORED)
         made.append(api)
@@ -89,9 +142,9 @@ def _assert_history_kept(obj: dict) -> None:
 
 
 INSTALLS = {
-    "validate and mutate": lambda: rendered("default"),
-    "validate only": lambda: _without(rendered("default"), "MutatingWebhookConfiguration"),
-    "mutate only": lambda: _without(rendered("default"), "ValidatingWebhookConfiguration"),
+    "validate and mutate": lambda: rendered("manual"),
+    "validate only": lambda: _without(rendered("manual"), "MutatingWebhookConfiguration"),
+    "mutate only": lambda: _without(rendered("manual"), "ValidatingWebhookConfiguration"),
     "policy only": lambda: rendered("policy"),
 }
 
@@ -123,7 +176,7 @@ def test_the_old_dashboards_dismissal_never_loses_the_history(install_name, repl
 
 
 def test_kubectl_label_passes_untouched(replicas, install):
-    api = install(rendered("default"), replicas)
+    api = install(rendered("manual"), replicas)
     before = _stored(api)
     admitted = api.patch(NAMESPACE, NAME, {"metadata": {"labels": {LABEL: "true"}}}, ADMIN)
     stored = _stored(api)
@@ -153,7 +206,7 @@ def _controller_round(api: Apiserver, relabel: bool = True) -> None:
 
 
 def test_controller_updates_never_reach_the_guard(replicas, install):
-    api = install(rendered("default"), replicas)
+    api = install(rendered("manual"), replicas)
     _controller_round(api)
     stored = _stored(api)
     assert stored["status"]["nodeStatuses"]["harvester-node-1"] == {"state": "Waiting Reboot"}
@@ -164,7 +217,7 @@ def test_controller_updates_never_reach_the_guard(replicas, install):
 @pytest.fixture(scope="module")
 def stopped_ports(cert_dir):
     """The ports of two replicas that were running and are stopped: what endpoints list before they update."""
-    guards = [replica(rendered("default"), cert_dir) for _ in range(2)]
+    guards = [replica(rendered("manual"), cert_dir) for _ in range(2)]
     ports = [g.port for g in guards]
     for guard in guards:
         assert guard.stop() == 0
@@ -173,7 +226,7 @@ def stopped_ports(cert_dir):
 
 @pytest.mark.parametrize("endpoints", ["stale", "none"])
 def test_with_every_replica_stopped_only_dismissals_fail(endpoints, stopped_ports, install):
-    api = install(rendered("default"), [])
+    api = install(rendered("manual"), [])
     api.endpoints[SERVICE] = [("127.0.0.1", p) for p in stopped_ports] if endpoints == "stale" else []
     before = _stored(api)
     with pytest.raises(ApiError) as failed:
@@ -193,7 +246,7 @@ def test_with_every_replica_stopped_only_dismissals_fail(endpoints, stopped_port
 
 
 def test_while_one_of_two_replicas_stops_the_other_answers(cert_dir, install):
-    objects = rendered("default")
+    objects = rendered("manual")
     stopping, staying = replica(objects, cert_dir, drain=1.0), replica(objects, cert_dir)
     try:
         api = install(objects, [stopping, staying])
@@ -229,7 +282,7 @@ def test_while_one_of_two_replicas_stops_the_other_answers(cert_dir, install):
 
 
 def test_dry_run_answers_and_stores_nothing(replicas, install):
-    api = install(rendered("default"), replicas)
+    api = install(rendered("manual"), replicas)
     before = _stored(api)
     admitted = api.update(dashboard_put(before), ADMIN, dry_run=True)
     _assert_history_kept(admitted.object)
@@ -252,8 +305,8 @@ def test_strict_install_reverts_a_hand_edit_of_status_and_leaves_the_rest_alone(
     assert _stored(api)["metadata"]["labels"][LABEL] == "true"
 
 
-def test_legacy_install_asks_the_guard_about_everything_and_fails_open(replicas, stopped_ports, install):
-    api = install(rendered("legacy"), replicas)
+def test_legacy_install_asks_the_guard_about_everything_and_fails_open(self_managed, kube, stopped_ports, install):
+    api = install(rendered("legacy"), self_managed, kube=kube)
     api.update(dashboard_put(_stored(api)), ADMIN)
     _assert_history_kept(_stored(api))
     calls = len(api.calls)
@@ -277,7 +330,7 @@ def test_cert_manager_install_trusts_the_injected_ca(replicas, cert_dir, install
 
 
 def test_until_the_ca_bundle_is_set_only_dismissals_fail(replicas, install):
-    api = install(rendered("default"), replicas, ca=False)
+    api = install(rendered("manual"), replicas, ca=False)
     with pytest.raises(ApiError) as failed:
         api.update(dashboard_put(_stored(api)), ADMIN)
     assert "tls: failed to verify certificate: x509: " in failed.value.message
@@ -288,12 +341,59 @@ def test_a_webhook_that_never_answers_times_out(install):
     with socket.socket() as hung:  # accepts connections in its backlog, never speaks TLS
         hung.bind(("127.0.0.1", 0))
         hung.listen(4)
-        api = install(_without(rendered("default"), "ValidatingWebhookConfiguration"), [])
+        api = install(_without(rendered("manual"), "ValidatingWebhookConfiguration"), [])
         api.endpoints[SERVICE] = [hung.getsockname()]
         with pytest.raises(ApiError) as failed:
             api.update(dashboard_put(_stored(api)), ADMIN)
     assert failed.value.message.endswith(": context deadline exceeded")
     _assert_history_kept(_stored(api))
+
+
+def _allowed(objects: list[dict], method: str, path: str) -> bool:
+    """kube-apiserver's RBAC authorizer, for a request of the install's service account: some rule of a role bound to
+    it (a Role in its namespace, a ClusterRole anywhere) names the verb, the resource and, if it names any, the
+    object. A create names none, so a rule limited to names never allows it."""
+    group, resource, namespace, name = route(path)
+    verb = {"GET": "get" if name else "list", "POST": "create", "PUT": "update", "PATCH": "patch",
+            "DELETE": "delete"}[method]
+    pod = find(objects, "Deployment")
+    account = {"kind": "ServiceAccount", "name": pod["spec"]["template"]["spec"]["serviceAccountName"],
+               "namespace": pod["metadata"]["namespace"]}
+    roles = {(o["kind"], o["metadata"]["name"]): o for o in objects if o["kind"] in ("Role", "ClusterRole")}
+    for binding in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        role = roles[(binding["roleRef"]["kind"], binding["roleRef"]["name"])]
+        if account not in binding["subjects"] or role["metadata"].get("namespace", namespace) != namespace:
+            continue  # not bound to the guard, or a Role of another namespace
+        for rule in role["rules"]:
+            if (group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
+                    and ("resourceNames" not in rule or name in rule["resourceNames"])):
+                return True
+    return False
+
+
+def test_the_plain_install_keeps_its_own_certificates_and_guards_the_history(self_managed, kube, install):
+    """`kubectl apply -k manifests/`: the configurations arrive without a caBundle, the guard starts with an empty
+    cert dir and nothing made by hand, makes its CA, puts it into both configurations, and the old dashboard's
+    dismissal keeps the history; all with only the install's RBAC."""
+    objects = rendered("default")
+    assert not any("caBundle" in w["clientConfig"] for o in objects if o["kind"] in KINDS for w in o["webhooks"])
+    bundles = _ca_bundles(kube)
+    (bundle,) = set(bundles.values())
+    secret = kube.get("", "secrets", NAMESPACE, "upgrade-guard-ca")
+    assert bundle == secret["data"]["ca.crt"] and len(bundles) == 2
+    for guard in self_managed:
+        assert (guard.cert_dir / "ca.crt").read_bytes() == base64.b64decode(bundle)
+    api = install(objects, self_managed, kube=kube)
+    admitted = api.update(dashboard_put(_stored(api)), ADMIN)
+    _assert_history_kept(_stored(api))
+    assert admitted.audit == {f"{MUTATE}/restored": "status,metadata.finalizers"}
+    assert [c.webhook for c in api.calls] == [MUTATE, VALIDATE]
+    _controller_round(api, relabel=False)
+    assert len(api.calls) == 2
+    made = [(method, path) for method, path, _, _ in kube.requests]
+    assert {m for m, _ in made} == {"GET", "POST", "PUT", "PATCH"}
+    assert [(m, p) for m, p in made if not _allowed(objects, m, p)] == [], "a call the install's RBAC does not allow"
+    assert not _allowed(objects, "GET", f"/api/v1/namespaces/{NAMESPACE}/secrets/other"), "the check cannot fail"
 
 
 REVIEW_UID = "u-1"

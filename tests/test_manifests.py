@@ -9,19 +9,24 @@ import kubernetes_validate
 import pytest
 from kubernetes_validate.utils import latest_version
 
-from tests.kustomize import INSTALLS, MANIFESTS, find, render_subset, render_with_tool, rendered, tool
+from tests.kustomize import (FILE_MODE, INSTALLS, MANIFESTS, SELF_MANAGED, find, render_subset, render_with_tool,
+                             rendered, tool)
 from webhook import manifests
 from webhook.certs import service_names
 from webhook.cli import main
 from webhook.config import Config, FieldPath
+from webhook.keeper import Plan
 from webhook.server import GRACEFUL_TIMEOUT
-from webhook.settings import DECISION, SERVE, decision_config, resolve
+from webhook.settings import CLUSTER, DECISION, SELF_MANAGED as KEEPER_SETTINGS, SERVE, decision_config, resolve
 
 NEWEST = latest_version()
 # Each install against the oldest Kubernetes it is for and the newest the schemas know.
-SCHEMA_VERSIONS = {"default": ["1.28", NEWEST], "cert-manager": ["1.28", NEWEST], "strict": ["1.28", NEWEST],
-                   "legacy": ["1.25", "1.26", "1.27"], "policy": ["1.30", NEWEST]}
+SCHEMA_VERSIONS = {"default": ["1.28", NEWEST], "cert-manager": ["1.28", NEWEST], "manual": ["1.28", NEWEST],
+                   "strict": ["1.28", NEWEST], "legacy": ["1.25", "1.26", "1.27"], "policy": ["1.30", NEWEST]}
 WEBHOOK_KINDS = ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")
+RBAC_KINDS = ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")
+CLUSTER_WIDE = (*WEBHOOK_KINDS, "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ClusterRole",
+                "ClusterRoleBinding")
 SNI = service_names()[2]
 
 
@@ -119,10 +124,12 @@ def test_cert_manager_objects_use_only_fields_of_its_api():
 
 
 @pytest.mark.parametrize("install", INSTALLS)
-def test_nothing_cluster_wide_but_admission_objects_and_no_namespace_owned(install):
+def test_nothing_cluster_wide_but_admission_objects_and_the_keepers_role_and_no_namespace_owned(install):
     for obj in rendered(install):
-        assert obj["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
-        if obj["kind"] in WEBHOOK_KINDS or obj["kind"].startswith("ValidatingAdmissionPolicy"):
+        assert obj["kind"] != "Namespace"
+        if obj["kind"] in RBAC_KINDS:
+            assert install in SELF_MANAGED, "RBAC in an install whose guard never calls the API"
+        if obj["kind"] in CLUSTER_WIDE:
             assert "namespace" not in obj["metadata"]
         else:
             assert obj["metadata"]["namespace"] == "harvester-system"
@@ -157,8 +164,6 @@ def test_disruption_budget_never_stalls_a_node_drain():
 def test_pod_is_locked_down():
     pod = _pod(rendered("default"))
     container = pod["containers"][0]
-    assert pod["automountServiceAccountToken"] is False
-    assert find(rendered("default"), "ServiceAccount")["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] > 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     context = container["securityContext"]
@@ -175,14 +180,73 @@ def test_probes_ask_the_guard_over_https_on_its_port():
         assert (get["path"], get["scheme"], get["port"]) == (path, "HTTPS", port["name"])
 
 
-def test_the_secret_is_the_read_only_cert_dir():
-    pod = _pod(rendered("default"))
-    container = pod["containers"][0]
-    (volume,) = [v for v in pod["volumes"] if "secret" in v]
-    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
-    assert mount["readOnly"] is True and mount["mountPath"] == _env(rendered("default"))["UPGRADE_GUARD_CERT_DIR"]
+def _keeper_settings(objects: list[dict]) -> dict:
+    """What `serve` makes of the Deployment's environment for self-managed certificates."""
+    args = argparse.Namespace(**{s.dest: None for s in KEEPER_SETTINGS + CLUSTER})
+    return resolve(KEEPER_SETTINGS + CLUSTER, args, environ=_env(objects))
+
+
+@pytest.mark.parametrize("install", SELF_MANAGED + FILE_MODE)
+def test_the_token_rbac_and_api_egress_only_where_the_guard_keeps_its_certificates(install):
+    """Self-managed: the setting, the token, the RBAC, egress to the API and a writable cert dir in memory. File mode:
+    none of them, and the Secret mounted read-only as the cert dir."""
+    objects = rendered(install)
+    self_managed = install in SELF_MANAGED
+    pod = _pod(objects)
+    assert _keeper_settings(objects)["self_managed"] is self_managed
+    assert pod["automountServiceAccountToken"] is self_managed
+    assert find(objects, "ServiceAccount")["automountServiceAccountToken"] is False, "only a pod that asks gets one"
+    assert sorted(o["kind"] for o in objects if o["kind"] in RBAC_KINDS) == (sorted(RBAC_KINDS) if self_managed else [])
+    policy = find(objects, "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["ingress"] == [{"ports": [{"port": manifests.PORT, "protocol": "TCP"}]}]
+    # The `kubernetes` Service's port, and the apiservers' own for CNIs that apply policy after translating it.
+    api = [{"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]}]
+    assert policy["egress"] == (api if self_managed else [])
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"]
+                if m["mountPath"] == _env(objects)["UPGRADE_GUARD_CERT_DIR"]]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    if self_managed:
+        assert volume == {"name": mount["name"], "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+        assert not mount.get("readOnly"), "the keeper writes the certificate files"
+        return
+    assert mount["readOnly"] is True
     assert volume["secret"]["secretName"] == "upgrade-guard-tls"
     assert volume["secret"]["defaultMode"] & 0o077 == 0o040, "keys readable by the pod's group only"
+
+
+@pytest.mark.parametrize("install", SELF_MANAGED)
+def test_the_keeper_may_do_exactly_what_it_does_on_exactly_its_objects(install):
+    """The README's RBAC, with the names the guard reads from the Deployment's environment, which are the names of
+    the objects the install makes."""
+    objects = rendered(install)
+    deployment = find(objects, "Deployment")
+    values = _keeper_settings(objects)
+    assert values["namespace"] == "", "the pod's own namespace, where its Role is"
+    plan = Plan.from_settings({**values, "namespace": deployment["metadata"]["namespace"]}, "/tls")
+    configurations = dict(plan.configurations)
+    assert configurations == {"validating": find(objects, WEBHOOK_KINDS[0])["metadata"]["name"],
+                              "mutating": find(objects, WEBHOOK_KINDS[1])["metadata"]["name"]}
+    assert plan.service == find(objects, "Service")["metadata"]["name"]
+    role, cluster_role = find(objects, "Role"), find(objects, "ClusterRole")
+    assert role["metadata"]["namespace"] == plan.namespace
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [plan.ca_secret, plan.tls_secret],
+         "verbs": ["get", "update"]},
+    ]
+    assert cluster_role["rules"] == [{
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["validatingwebhookconfigurations", "mutatingwebhookconfigurations"],
+        "resourceNames": sorted(set(configurations.values())), "verbs": ["get", "patch"]}]
+    account = {"kind": "ServiceAccount", "name": _pod(objects)["serviceAccountName"],
+               "namespace": deployment["metadata"]["namespace"]}
+    assert find(objects, "ServiceAccount")["metadata"]["name"] == account["name"]
+    for kind, granted in (("RoleBinding", role), ("ClusterRoleBinding", cluster_role)):
+        binding = find(objects, kind)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": granted["kind"],
+                                      "name": granted["metadata"]["name"]}
+        assert binding["subjects"] == [account]
 
 
 def test_shutdown_fits_in_the_grace_period():

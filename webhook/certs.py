@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-SERVICE = "upgrade-guard"
-NAMESPACE = "harvester-system"
+from webhook.names import NAMESPACE, SERVICE
+
 SKEW = dt.timedelta(minutes=5)
 RENEW_AT = 2 / 3  # of the lifetime, as cert-manager does by default: a third of it is left to retry in
 

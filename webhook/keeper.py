@@ -46,6 +46,7 @@ from cryptography import x509
 
 from webhook import certdir, certs
 from webhook.cluster import KIND_NAMES, Cluster, ClusterError, Conflict, set_ca_bundle
+from webhook.names import CA_SECRET, CONFIGURATION, NAMESPACE, SERVICE, TLS_SECRET
 from webhook.tls import CERT_FILE, KEY_FILE
 
 log = logging.getLogger("upgrade_guard.keeper")
@@ -53,7 +54,7 @@ log = logging.getLogger("upgrade_guard.keeper")
 CA_CERT, CA_KEY, PREVIOUS_CA, BUNDLE = "ca.crt", "ca.key", "previous-ca.crt", "ca.crt"
 CA_SINCE = "upgrade-guard/ca-since"
 SERVED_BY = "upgrade-guard/served-by"
-LABELS = {"app.kubernetes.io/name": "upgrade-guard", "app.kubernetes.io/managed-by": "upgrade-guard"}
+LABELS = {"app.kubernetes.io/name": SERVICE, "app.kubernetes.io/managed-by": SERVICE}
 ATTEMPTS = 5  # reads and writes per object in one round before giving up until the next one
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -65,9 +66,9 @@ os.register_at_fork(before=FORK_GUARD.acquire, after_in_parent=FORK_GUARD.releas
 
 def pod_namespace() -> str:
     try:
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or certs.NAMESPACE
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or NAMESPACE
     except OSError:
-        return certs.NAMESPACE
+        return NAMESPACE
 
 
 def utc_now() -> dt.datetime:
@@ -80,10 +81,10 @@ class Plan:
 
     cert_dir: Path
     namespace: str
-    service: str = certs.SERVICE
-    ca_secret: str = "upgrade-guard-ca"
-    tls_secret: str = "upgrade-guard-tls"
-    configurations: tuple[tuple[str, str], ...] = (("validating", "upgrade-guard"), ("mutating", "upgrade-guard"))
+    service: str = SERVICE
+    ca_secret: str = CA_SECRET
+    tls_secret: str = TLS_SECRET
+    configurations: tuple[tuple[str, str], ...] = (("validating", CONFIGURATION), ("mutating", CONFIGURATION))
     ca_days: float = 3650
     cert_days: float = 365
     interval: float = 60

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from webhook.config import DEFAULT_PROTECTED, READ_MESSAGE_LABEL, UPGRADE_CONTROLLER, Config, FieldPath
+from webhook.names import CA_SECRET, CONFIGURATION, SERVICE, TLS_SECRET
 
 ENV_PREFIX = "UPGRADE_GUARD_"
 
@@ -151,17 +152,17 @@ SERVE = (
 CLUSTER = (
     Setting("kubeconfig", "kubeconfig file for the Kubernetes API (empty: $KUBECONFIG or ~/.kube/config, else the "
             "pod's service account)", ""),
-    Setting("validating-configuration", "name of the ValidatingWebhookConfiguration", "upgrade-guard"),
-    Setting("mutating-configuration", "name of the MutatingWebhookConfiguration", "upgrade-guard"),
+    Setting("validating-configuration", "name of the ValidatingWebhookConfiguration", CONFIGURATION),
+    Setting("mutating-configuration", "name of the MutatingWebhookConfiguration", CONFIGURATION),
 )
 
 SELF_MANAGED = (
     Setting("self-managed", "keep a CA and a serving certificate in Secrets through the Kubernetes API, write them "
             "into the cert dir (an emptyDir) and set the caBundle of both configurations", False, switch=True),
     Setting("namespace", "namespace of the Secrets and the Service (empty: the pod's own)", ""),
-    Setting("service", "the webhook Service; the certificate is for its names", "upgrade-guard"),
-    Setting("ca-secret", "Secret holding the CA", "upgrade-guard-ca"),
-    Setting("tls-secret", "Secret holding the serving certificate", "upgrade-guard-tls"),
+    Setting("service", "the webhook Service; the certificate is for its names", SERVICE),
+    Setting("ca-secret", "Secret holding the CA", CA_SECRET),
+    Setting("tls-secret", "Secret holding the serving certificate", TLS_SECRET),
     Setting("ca-days", "lifetime of a new CA in days; rotated at 2/3 of it", 3650, _positive(float)),
     Setting("cert-days", "lifetime of a serving certificate in days; renewed at 2/3 of it", 365, _positive(float)),
     Setting("sync-interval", "seconds between two rounds of the certificate keeper", 60, _positive(float)),
