@@ -28,3 +28,15 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("hardening figures")
         for line in FIGURES.lines():
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+def bare_api(tmp_path):
+    """The in-test Kubernetes API with both webhook configurations as the manifests apply them: no caBundle."""
+    from tests import objects
+    from tests.kubeapi import KubeApi
+
+    with KubeApi(tmp_path) as api:
+        for configuration in objects.configurations():
+            api.put(configuration)
+        yield api

@@ -124,47 +124,38 @@ def test_the_api_unreachable_is_a_problem(kube, tmp_path):
     assert code == 1 and "[FAIL] the Kubernetes API: the Kubernetes API is unreachable" in out
 
 
-@pytest.fixture
-def bare(tmp_path):
-    """Both configurations as the manifests apply them: no caBundle."""
-    with KubeApi(tmp_path) as api:
-        for configuration in objects.configurations():
-            api.put(configuration)
-        yield api
-
-
 def register(api: KubeApi, tmp_path, ca_file) -> int:
     return cli.main(["register", "--ca-file", str(ca_file), "--kubeconfig", str(api.kubeconfig(tmp_path / "kc"))])
 
 
-def test_register_sets_both_caBundles(bare, tmp_path, cert_dir, capsys):
-    assert register(bare, tmp_path, cert_dir / "ca.crt") == 0
+def test_register_sets_both_caBundles(bare_api, tmp_path, cert_dir, capsys):
+    assert register(bare_api, tmp_path, cert_dir / "ca.crt") == 0
     expected = base64.b64encode((cert_dir / "ca.crt").read_bytes()).decode()
     for kind in ("validating", "mutating"):
-        found = bare.get(ADMISSION, f"{kind}webhookconfigurations", "", NAME)
+        found = bare_api.get(ADMISSION, f"{kind}webhookconfigurations", "", NAME)
         assert [w["clientConfig"]["caBundle"] for w in found["webhooks"]] == [expected]
     assert capsys.readouterr().out.splitlines() == [
         "ValidatingWebhookConfiguration upgrade-guard: caBundle set on 1 webhook(s)",
         "MutatingWebhookConfiguration upgrade-guard: caBundle set on 1 webhook(s)"]
-    assert register(bare, tmp_path, cert_dir / "ca.crt") == 0
+    assert register(bare_api, tmp_path, cert_dir / "ca.crt") == 0
     assert "already holds this CA" in capsys.readouterr().out
 
 
-def test_register_without_a_configuration_fails(bare, tmp_path, cert_dir, capsys):
-    bare.delete(ADMISSION, "mutatingwebhookconfigurations", "", NAME)
-    assert register(bare, tmp_path, cert_dir / "ca.crt") == 1
+def test_register_without_a_configuration_fails(bare_api, tmp_path, cert_dir, capsys):
+    bare_api.delete(ADMISSION, "mutatingwebhookconfigurations", "", NAME)
+    assert register(bare_api, tmp_path, cert_dir / "ca.crt") == 1
     assert "MutatingWebhookConfiguration upgrade-guard: not found" in capsys.readouterr().out
 
 
-def test_register_refuses_a_file_without_a_certificate(bare, tmp_path, cert_dir, capsys):
-    assert register(bare, tmp_path, cert_dir / "ca.key") == 2
+def test_register_refuses_a_file_without_a_certificate(bare_api, tmp_path, cert_dir, capsys):
+    assert register(bare_api, tmp_path, cert_dir / "ca.key") == 2
     assert "no PEM certificate" in capsys.readouterr().err
-    assert bare.answered("GET", NAME) == []
+    assert bare_api.answered("GET", NAME) == []
 
 
-def test_register_with_the_api_unreachable(bare, tmp_path, cert_dir, capsys):
-    with bare.outage():
-        assert register(bare, tmp_path, cert_dir / "ca.crt") == 1
+def test_register_with_the_api_unreachable(bare_api, tmp_path, cert_dir, capsys):
+    with bare_api.outage():
+        assert register(bare_api, tmp_path, cert_dir / "ca.crt") == 1
     assert "unreachable" in capsys.readouterr().err
 
 

@@ -40,11 +40,8 @@ class Clock:
 
 
 @pytest.fixture
-def kube(tmp_path):
-    with KubeApi(tmp_path) as api:
-        for configuration in objects.configurations():
-            api.put(configuration)
-        yield api
+def kube(bare_api):
+    return bare_api
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The `upgrade-guard` command: certs, serve, check, register, doctor."""
+"""The `upgrade-guard` command: certs, serve, check, manifests, register, doctor."""
 
 from __future__ import annotations
 
@@ -32,6 +32,14 @@ _JsonYamlLoader.yaml_implicit_resolvers = {
 }
 
 
+def _command(commands, name: str, help: str, description: str | None = None, settings=()) -> argparse.ArgumentParser:
+    """A subcommand, with the flags (and environment variables) of its settings."""
+    parser = commands.add_parser(name, help=help, description=description)
+    for setting in settings:
+        setting.add_to(parser)
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="upgrade-guard",
@@ -39,58 +47,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    make = commands.add_parser("certs", help="make a CA and a serving certificate; print the caBundle")
+    make = _command(commands, "certs", "make a CA and a serving certificate; print the caBundle")
     make.add_argument("--out", required=True, help="directory to write ca.crt, ca.key, tls.crt, tls.key into")
     make.add_argument("--service", default=certs.SERVICE, help="webhook Service name [default: %(default)s]")
     make.add_argument("--namespace", default=certs.NAMESPACE, help="its namespace [default: %(default)s]")
     make.add_argument("--san", action="append", default=[], metavar="NAME_OR_IP", help="another name (repeatable)")
     make.add_argument("--days", type=int, default=365, help="serving certificate lifetime [default: %(default)s]")
 
-    serve = commands.add_parser(
-        "serve", help="serve /validate and /mutate over TLS",
-        description="Every setting can also come from its environment variable; a flag wins over it.",
-    )
-    for setting in SERVE + DECISION:
-        setting.add_to(serve)
-    for setting in SELF_MANAGED + CLUSTER:
-        setting.add_to(serve)
+    _command(commands, "serve", "serve /validate and /mutate over TLS",
+             "Every setting can also come from its environment variable; a flag wins over it.",
+             SERVE + DECISION + SELF_MANAGED + CLUSTER)
 
-    check = commands.add_parser(
-        "check", help="decide offline whether an update from OLD to NEW would be a violation",
-        description="Exit 0 when allowed, 1 on a violation, 2 on bad input.",
-    )
+    check = _command(commands, "check", "decide offline whether an update from OLD to NEW would be a violation",
+                     "Exit 0 when allowed, 1 on a violation, 2 on bad input.", DECISION)
     check.add_argument("old", help="the stored Upgrade (YAML or JSON)")
     check.add_argument("new", help="the written Upgrade (YAML or JSON)")
     check.add_argument("--user", default="", help="who writes [default: an unnamed user]")
     check.add_argument("--group", action="append", default=[], help="a group of the writer (repeatable)")
-    for setting in DECISION:
-        setting.add_to(check)
 
-    manifests = commands.add_parser(
-        "manifests", help="write the Kubernetes manifests (kustomize) for these settings",
-        description="The label, exempt users and groups and protected fields go into both the webhooks' CEL "
-                    "matchConditions and the Deployment's environment; strict mode is the overlays/strict variant.",
-    )
+    manifests = _command(
+        commands, "manifests", "write the Kubernetes manifests (kustomize) for these settings",
+        "The label, exempt users and groups and protected fields go into both the webhooks' CEL matchConditions "
+        "and the Deployment's environment; strict mode is the overlays/strict variant.", MANIFEST_SETTINGS)
     manifests.add_argument("--out", default="manifests", help="directory to write into [default: %(default)s]")
     manifests.add_argument("--image", default=None, help="the guard's image [default: upgrade-guard:VERSION]")
-    for setting in MANIFEST_SETTINGS:
-        setting.add_to(manifests)
 
-    register = commands.add_parser(
-        "register", help="put a CA into the caBundle of both webhook configurations (manual installs)",
-        description="Exit 0 when both configurations hold the CA, 1 when one is missing or the API refused, "
-                    "2 on bad input.",
-    )
+    register = _command(commands, "register", "put a CA into the caBundle of both webhook configurations "
+                        "(manual installs)", "Exit 0 when both configurations hold the CA, 1 when one is missing "
+                        "or the API refused, 2 on bad input.", CLUSTER)
     register.add_argument("--ca-file", required=True, help="PEM file with the CA certificate(s) to trust")
-    for setting in CLUSTER:
-        setting.add_to(register)
 
-    doctor = commands.add_parser(
-        "doctor", help="check the installed guard: configurations, certificates, endpoints, wiped Upgrades",
-        description="Read-only. Exit 0 when nothing is wrong, 1 when a problem was found, 2 on bad input.",
-    )
-    for setting in CLUSTER:
-        setting.add_to(doctor)
+    _command(commands, "doctor", "check the installed guard: configurations, certificates, endpoints, wiped "
+             "Upgrades", "Read-only. Exit 0 when nothing is wrong, 1 when a problem was found, 2 on bad input.",
+             CLUSTER)
     return parser
 
 
