@@ -70,10 +70,13 @@ def test_webhooks_refuse_a_client_without_certificate(verifying_guard, path):
     FIGURES.add("client-ca cases", f"no certificate on {path}")
 
 
-@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
-def test_probes_need_no_certificate(verifying_guard, path):
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_probes_and_metrics_need_no_certificate(verifying_guard, path):
     connection = verifying_guard.connect()
-    assert connection.get(path)[0] == 200
+    status, body = connection.get(path)
+    assert status == 200
+    if path == "/metrics":
+        assert b"upgrade_guard_reviews_total" in body
     connection.close()
     FIGURES.add("client-ca cases", f"probe {path}")
 
