@@ -63,10 +63,14 @@ class ApiserverConnection(http.client.HTTPSConnection):
 
 
 class Guard:
-    """One `upgrade-guard serve` process on a port the OS picked; always stopped by `stop()`."""
+    """One `upgrade-guard serve` process on a port the OS picked; always stopped by `stop()`.
 
-    def __init__(self, cert_dir: str | Path, *args: str, env: dict | None = None):
+    `program` runs instead of the installed `upgrade-guard` (the benchmark's ceiling reference takes the same
+    `serve` arguments)."""
+
+    def __init__(self, cert_dir: str | Path, *args: str, env: dict | None = None, program: list[str] | None = None):
         self.cert_dir = Path(cert_dir)
+        self.program = program or command()
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
@@ -76,7 +80,7 @@ class Guard:
 
     def start(self, timeout: float = 20) -> Guard:
         self.process = subprocess.Popen(
-            [*command(), "serve", "--cert-dir", str(self.cert_dir), "--bind", "127.0.0.1:0", *self.args],
+            [*self.program, "serve", "--cert-dir", str(self.cert_dir), "--bind", "127.0.0.1:0", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
         )
         threading.Thread(target=self._read, daemon=True).start()
