@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -58,6 +59,18 @@ def workers(master: int) -> list[int]:
         return []
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time used so far by these processes (utime and stime of /proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -68,9 +81,9 @@ def rss_mib(pid: int) -> float:
 class Server:
     """A running guard or ceiling, with what was measured about it outside the load runs."""
 
-    def __init__(self, name: str, cert_dir: Path, program: list[str] | None, env: dict):
+    def __init__(self, name: str, cert_dir: Path, program: list[str] | None, env: dict, args: list[str]):
         self.name = name
-        self.guard = Guard(cert_dir, env=env, program=program)
+        self.guard = Guard(cert_dir, *args, env=env, program=program)
         started = time.perf_counter()
         self.guard.start()
         self.ready_s = time.perf_counter() - started
@@ -79,6 +92,10 @@ class Server:
     @property
     def port(self) -> int:
         return self.guard.port
+
+    def pids(self) -> list[int]:
+        assert self.guard.process
+        return [self.guard.process.pid, *workers(self.guard.process.pid)]
 
     def worker_rss(self) -> list[float]:
         assert self.guard.process
@@ -103,8 +120,11 @@ class Server:
 def load(wrk: str, server: Server, workload: Workload, body_file: Path, args: argparse.Namespace) -> dict:
     command = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "10s",
                "-s", str(HERE / "post.lua"), f"https://127.0.0.1:{server.port}{workload.path}?timeout=10s"]
+    pids = server.pids()
+    cpu_before = cpu_seconds(pids)
     done = subprocess.run(command, env={**os.environ, "BENCH_BODY": str(body_file)}, capture_output=True,
                           text=True, timeout=args.duration + 60)
+    cpu = cpu_seconds(pids) - cpu_before
     lines = [line for line in done.stdout.splitlines() if line.startswith("BENCH ")]
     if done.returncode != 0 or not lines:
         raise Failed(f"wrk failed on {server.name}: {done.stdout[-500:]} {done.stderr[-500:]}")
@@ -112,6 +132,7 @@ def load(wrk: str, server: Server, workload: Workload, body_file: Path, args: ar
     if figures["errors"] or figures["status_errors"] or not figures["requests"]:
         raise Failed(f"{server.name} had errors under load on {workload.name}: {figures}")
     figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
+    figures["cpu_us"] = cpu / figures["requests"] * 1e6  # the server's CPU time per review: robust to noise
     return figures
 
 
@@ -128,11 +149,14 @@ def compare(wrk: str, guard: Server, ceiling: Server, workload: Workload, body_f
         for server in pair:
             (guard_runs if server is guard else ceiling_runs).append(load(wrk, server, workload, body_file, args))
     ratios = [g["rps"] / c["rps"] for g, c in zip(guard_runs, ceiling_runs)]
+    cpu_ratios = [c["cpu_us"] / g["cpu_us"] for g, c in zip(guard_runs, ceiling_runs)]
+    keys = ("rps", "p50_us", "p99_us", "cpu_us")
     return {
         "workload": workload.name, "bytes": workload.size,
-        "guard": {key: median(guard_runs, key) for key in ("rps", "p50_us", "p99_us")},
-        "ceiling": {key: median(ceiling_runs, key) for key in ("rps", "p50_us", "p99_us")},
+        "guard": {key: median(guard_runs, key) for key in keys},
+        "ceiling": {key: median(ceiling_runs, key) for key in keys},
         "ratio": statistics.median(ratios), "ratios": ratios,
+        "cpu_ratio": statistics.median(cpu_ratios), "runs": {"guard": guard_runs, "ceiling": ceiling_runs},
     }
 
 
@@ -159,14 +183,14 @@ def report(results: list[dict], guard: Server, ceiling: Server, guard_busy: list
         f"median of {args.runs} runs, guard and ceiling alternating.",
         "",
         "| workload | body | guard reviews/s | ceiling reviews/s | ratio | guard p50 ms | guard p99 ms "
-        "| ceiling p50 ms | ceiling p99 ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| ceiling p50 ms | ceiling p99 ms | server CPU per review, guard / ceiling | CPU ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         g, c = r["guard"], r["ceiling"]
         lines.append(f"| {r['workload']} | {size_text(r['bytes'])} | {g['rps']:.0f} | {c['rps']:.0f} "
                      f"| {r['ratio']:.2f} | {ms(g['p50_us'])} | {ms(g['p99_us'])} | {ms(c['p50_us'])} "
-                     f"| {ms(c['p99_us'])} |")
+                     f"| {ms(c['p99_us'])} | {ms(g['cpu_us'])} / {ms(c['cpu_us'])} ms | {r['cpu_ratio']:.2f} |")
     mib = lambda values: ", ".join(f"{v:.1f}" for v in values) or "?"  # noqa: E731
     lines += [
         "",
@@ -196,6 +220,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--micro-sizes", default="10240,102400,1048576",
                         help="stored object sizes for the in-process benchmark, bytes [%(default)s]")
     parser.add_argument("--micro-budget", type=float, default=0.5, help="seconds per in-process figure [%(default)s]")
+    parser.add_argument("--serve-args", default="",
+                        help="more `upgrade-guard serve` flags for both servers, e.g. '--workers 3' [none: defaults]")
+    parser.add_argument("--workloads", default="",
+                        help="comma-separated numbers (1-5) of the workloads to run [all]")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--no-install", action="store_true", help="never install wrk")
     parser.add_argument("--quick", action="store_true",
@@ -220,14 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tmp)
         certs.write_bundle(scratch / "certs", certs.service_names() + ["localhost", "127.0.0.1"])
         cases = workloads(big_size=args.big)
+        if args.workloads:
+            cases = [cases[int(number) - 1] for number in args.workloads.split(",")]
         files = {}
         for index, workload in enumerate(cases):
             files[workload.name] = scratch / f"body-{index}.json"
             files[workload.name].write_bytes(workload.body)
         try:
-            guard = Server("guard", scratch / "certs", None, env)
+            serve_args = shlex.split(args.serve_args)
+            guard = Server("guard", scratch / "certs", None, env, serve_args)
             started.append(guard)
-            ceiling = Server("ceiling", scratch / "certs", [sys.executable, "-m", "bench.ceiling"], env)
+            ceiling = Server("ceiling", scratch / "certs", [sys.executable, "-m", "bench.ceiling"], env, serve_args)
             started.append(ceiling)
             results = []
             for workload in cases:
@@ -236,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(compare(wrk, guard, ceiling, workload, files[workload.name], args))
                 print(f"measured: {workload.name}: ratio {results[-1]['ratio']:.2f}", file=sys.stderr)
             guard_busy = guard.worker_rss()
-            small = micro.run(tuple(int(s) for s in args.micro_sizes.split(",")), args.micro_budget)
+            small = micro.run(tuple(int(s) for s in args.micro_sizes.split(",") if s), args.micro_budget)
             print(report(results, guard, ceiling, guard_busy, small, args))
             if args.json:
                 args.json.write_text(json.dumps({

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
 from webhook.app import create_app
@@ -16,6 +18,15 @@ from webhook.tls import CERT_FILE, KEY_FILE, ServingCertificate
 def _tmp_dir() -> str | None:
     """Worker heartbeat files: /dev/shm is writable under a read-only root file system and never hits disk."""
     return "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+
+class GuardLogger(glogging.Logger):
+    """gunicorn's logger, minus the access line it would build for every request only for the access logger's
+    level (warning, see logs.py) to drop it: each review has its own line from the app."""
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if self.access_log.isEnabledFor(logging.INFO):
+            super().access(resp, req, environ, request_time)
 
 
 class GuardServer(BaseApplication):
@@ -39,6 +50,7 @@ class GuardServer(BaseApplication):
             "ssl_context": self._ssl_context,
             "http_protocols": "h1",
             "logconfig_dict": logging_dict(log_level),
+            "logger_class": GuardLogger,
             "loglevel": log_level,
             "accesslog": None,
             "worker_tmp_dir": _tmp_dir(),
