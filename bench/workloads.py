@@ -74,7 +74,10 @@ def nodes_for(size: int, measured: Callable[[int], int] = dismissal_size) -> int
     """How many nodes make `measured` (by default the dismissal review's size) at least `size` bytes."""
     small = measured(10)
     per_node = (measured(110) - small) / 100
-    return max(1, 10 + int((size - small) / per_node) + 1)
+    nodes = max(1, 10 + int((size - small) / per_node))
+    while measured(nodes) < size:
+        nodes += max(1, int((size - measured(nodes)) / per_node))
+    return nodes
 
 
 def workloads(small_nodes: int = 4, big_size: int = 1024 * 1024) -> list[Workload]:

@@ -12,7 +12,7 @@ from typing import Callable
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
-from werkzeug.wsgi import get_input_stream
+from werkzeug.wsgi import get_content_length, get_input_stream
 
 from webhook import jsoncodec
 from webhook.admission import WEBHOOKS, outcome, respond
@@ -47,6 +47,15 @@ def _error(err: Exception, path: str) -> tuple[int, dict]:
     return 500, _status(500, "InternalError", "internal error; see the guard's log")
 
 
+def _body(environ: dict, max_body: int) -> bytes:
+    """The body as Flask reads it (werkzeug's limit, its 413), minus werkzeug's stream wrapper when the server
+    already ends the stream at a Content-Length within the limit."""
+    length = get_content_length(environ)
+    if length is not None and length <= max_body and "wsgi.input_terminated" in environ:
+        return environ["wsgi.input"].read(length)
+    return get_input_stream(environ, max_content_length=max_body).read()
+
+
 def _is_json(mimetype: str) -> bool:
     return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
@@ -62,7 +71,7 @@ def create_app(config: Config, problem: Callable[[], str] = lambda: "", max_body
             return 415, _status(415, "UnsupportedMediaType",
                                 "the body must be an AdmissionReview, as application/json")
         try:
-            parsed = Review.parse(get_input_stream(environ, max_content_length=max_body).read())
+            parsed = Review.parse(_body(environ, max_body))
             answer, decision = respond(webhook, parsed, config)
         except BadReview as err:
             return err.code, _status(err.code, "BadRequest", str(err))

@@ -12,6 +12,8 @@ from functools import lru_cache
 import orjson
 
 _NUMBER = (int, float)
+_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_PLURAL = re.compile(r"(ses|s)$")
 # Only the JSON types themselves are written; anything else (a subclass, a date) makes orjson refuse.
 _PLAIN = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
@@ -87,20 +89,22 @@ def _same(a: object, b: object) -> bool:
 
 def same_except(a: object, b: object, aside: dict) -> bool:
     """`same`, ignoring the members named in `aside` (key -> subtree of what to ignore, or None for all)."""
-    if is_empty(a):
-        a = {}
-    if is_empty(b):
-        b = {}
-    if type(a) is not dict or type(b) is not dict:
-        return same(a, b)
-    for key in a.keys() | b.keys():
+    return same(_without(a, aside), _without(b, aside))
+
+
+def _without(value: object, aside: dict) -> object:
+    """A copy of the maps along `aside` without the members it names (the rest is shared, not copied)."""
+    if type(value) is not dict:
+        return value
+    kept = {}
+    for key, inner in value.items():
         if key in aside:
-            inner = aside[key]
-            if inner is not None and not same_except(a.get(key), b.get(key), inner):
-                return False
-        elif not same(a.get(key), b.get(key)):
-            return False
-    return True
+            inner_aside = aside[key]
+            if inner_aside is None:
+                continue
+            inner = _without(inner, inner_aside)
+        kept[key] = inner
+    return kept
 
 
 def lookup(obj: object, keys: tuple[str, ...]) -> object:
@@ -112,11 +116,17 @@ def lookup(obj: object, keys: tuple[str, ...]) -> object:
     return obj
 
 
+@lru_cache(maxsize=256)
+def _spaced(key: str) -> str:
+    """`nodeStatuses` -> `node statuses`: a status has few keys, and the same ones in every review."""
+    return _WORD_START.sub(" ", key).lower()
+
+
 def _words(key: str, count: int) -> str:
     """`nodeStatuses`, 3 -> `3 node statuses`; `conditions`, 1 -> `1 condition`."""
-    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", key).lower()
+    words = _spaced(key) if len(key) <= 64 else _spaced.__wrapped__(key)  # remember short keys only
     if count == 1:
-        words = re.sub(r"(ses|s)$", lambda m: "s" if m.group(1) == "ses" else "", words)
+        words = _PLURAL.sub(lambda m: "s" if m.group(1) == "ses" else "", words)
     return f"{count} {words}"
 
 
