@@ -6,7 +6,6 @@ Pure: no I/O, no web framework, no globals. Everything the guard promises is dec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from webhook.config import Config, FieldPath
 from webhook.values import describe, lookup, same, same_except
@@ -36,18 +35,18 @@ class Request:
 @dataclass(frozen=True)
 class Change:
     """A protected field the write would change. What would be lost and the operation that puts the stored value
-    back are worked out when first asked for: a denial needs only the words, a restore only the operation."""
+    back are worked out when asked for: a denial needs only the words, a restore only the operation."""
 
     path: FieldPath
     old: dict = field(repr=False, compare=False)  # the stored object
     new: dict = field(repr=False, compare=False)  # the written object
 
-    @cached_property
+    @property
     def summary(self) -> str:
         """What would be lost, for a person."""
         return describe(self.path, lookup(self.old, self.path.keys), lookup(self.new, self.path.keys))
 
-    @cached_property
+    @property
     def restore(self) -> dict:
         """The JSON Patch operation that puts the stored value back."""
         return restore_op(self.path, self.old, self.new)
@@ -70,14 +69,14 @@ class Decision:
     def patch(self) -> list[dict]:
         return [c.restore for c in self.changes]
 
-    @cached_property
+    @property
     def message(self) -> str:
         """The denial a person reads ("" when allowed)."""
         if self.request is None or self.config is None:
             return ""
         return denial_message(self.request, self.config, self.changes, self.dismissal)
 
-    @cached_property
+    @property
     def warning(self) -> str:
         """What a restore did, under 256 characters ("" when allowed)."""
         return "" if self.request is None else restore_warning(self.request, self.changes)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from itertools import islice
 
 from webhook import jsoncodec
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+_RECORD = list(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+_STANDARD = set(_RECORD) | {"message", "asctime", "taskName"}
 
 # The lines show neither the caller nor the thread or process: spare every record looking them up (the logging
 # HOWTO's "Optimization" advice). A review's line is written while the apiserver waits.
@@ -27,7 +29,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        line.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
+        # A record's own attributes come first, in a fixed order: look for extras only after them.
+        line.update({k: v for k, v in islice(vars(record).items(), len(_RECORD), None) if k not in _STANDARD})
         if record.exc_info:
             # Kept in the log for the operator; never sent to a client.
             line["error"] = self.formatException(record.exc_info)

@@ -96,14 +96,13 @@ def _without(value: object, aside: dict) -> object:
     """A copy of the maps along `aside` without the members it names (the rest is shared, not copied)."""
     if type(value) is not dict:
         return value
-    kept = {}
-    for key, inner in value.items():
-        if key in aside:
-            inner_aside = aside[key]
-            if inner_aside is None:
-                continue
-            inner = _without(inner, inner_aside)
-        kept[key] = inner
+    kept = dict(value)
+    for key in aside.keys() & kept.keys():
+        inner_aside = aside[key]
+        if inner_aside is None:
+            del kept[key]
+        else:
+            kept[key] = _without(kept[key], inner_aside)
     return kept
 
 
