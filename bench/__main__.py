@@ -28,6 +28,7 @@ from bench import micro
 from bench.workloads import Workload, workloads
 from tests.guard import Guard
 from webhook import certs
+from webhook.settings import SERVE
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -87,7 +88,7 @@ class Server:
         started = time.perf_counter()
         self.guard.start()
         self.ready_s = time.perf_counter() - started
-        self.idle_rss = self.worker_rss()
+        self.idle_rss = self.settled_rss(expected_workers(args))
 
     @property
     def port(self) -> int:
@@ -100,6 +101,20 @@ class Server:
     def worker_rss(self) -> list[float]:
         assert self.guard.process
         return [rss_mib(pid) for pid in workers(self.guard.process.pid)]
+
+    def settled_rss(self, count: int, timeout: float = 10) -> list[float]:
+        """Each worker's memory once all `count` have booted and loaded the app (their memory stops growing).
+
+        Nothing announces that a worker has loaded its app, so this samples until three readings agree."""
+        deadline = time.monotonic() + timeout
+        readings: list[list[float]] = []
+        while time.monotonic() < deadline:
+            rss = self.worker_rss()
+            readings = (readings + [rss])[-3:] if len(rss) == count else []
+            if len(readings) == 3 and readings[0] == readings[2]:
+                break
+            time.sleep(0.1)
+        return self.worker_rss()
 
     def check(self, workload: Workload) -> None:
         """One review answered as a correct guard answers it, or the figures mean nothing."""
@@ -115,6 +130,13 @@ class Server:
 
     def stop(self) -> None:
         self.guard.stop()
+
+
+def expected_workers(serve_args: list[str]) -> int:
+    """The worker count `serve` runs with these flags: the last --workers given, else the default."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--workers", type=int, default=next(s.default for s in SERVE if s.name == "workers"))
+    return parser.parse_known_args(serve_args)[0].workers
 
 
 def load(wrk: str, server: Server, workload: Workload, body_file: Path, args: argparse.Namespace) -> dict:
@@ -204,10 +226,13 @@ def report(results: list[dict], guard: Server, ceiling: Server, guard_busy: list
         "| --- | --- | --- | --- | --- |",
     ]
     for row in small:
-        per_kib = lambda key: f"{row[key] * 1000:.3f} ms ({row[key] * 1e6 / (row['object_bytes'] / 1024):.1f} µs/KiB)"  # noqa: E731,E501
-        lines.append(f"| {size_text(row['object_bytes'])} | {row['nodes']} | {per_kib('dismissal_patch_s')} "
-                     f"| {per_kib('label_decision_s')} | {per_kib('parse_s')} |")
+        cells = [per_kib(row[key], row["object_bytes"]) for key in ("dismissal_patch_s", "label_decision_s", "parse_s")]
+        lines.append(f"| {size_text(row['object_bytes'])} | {row['nodes']} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def per_kib(seconds: float, size: int) -> str:
+    return f"{seconds * 1000:.3f} ms ({seconds * 1e6 / (size / 1024):.1f} µs/KiB)"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
