@@ -237,8 +237,8 @@ def per_kib(seconds: float, size: int) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run [%(default)s]")
-    parser.add_argument("--runs", type=int, default=5, help="wrk runs per workload and server [%(default)s]")
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run [%(default)s]")
+    parser.add_argument("--runs", type=int, default=7, help="wrk runs per workload and server [%(default)s]")
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections [%(default)s]")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads [%(default)s]")
     parser.add_argument("--big", type=int, default=1024 * 1024, help="big-cluster review size, bytes [%(default)s]")
