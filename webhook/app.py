@@ -10,7 +10,7 @@ import time
 from typing import Callable
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 from werkzeug.wsgi import get_content_length, get_input_stream
 
@@ -52,7 +52,10 @@ def _body(environ: dict, max_body: int) -> bytes:
     already ends the stream at a Content-Length within the limit."""
     length = get_content_length(environ)
     if length is not None and length <= max_body and "wsgi.input_terminated" in environ:
-        return environ["wsgi.input"].read(length)
+        try:
+            return environ["wsgi.input"].read(length)
+        except (OSError, ValueError) as err:  # as werkzeug's stream answers a client gone mid-body
+            raise ClientDisconnected() from err
     return get_input_stream(environ, max_content_length=max_body).read()
 
 
