@@ -170,8 +170,8 @@ def compare(wrk: str, guard: Server, ceiling: Server, workload: Workload, body_f
         pair = (guard, ceiling) if index % 2 == 0 else (ceiling, guard)
         for server in pair:
             (guard_runs if server is guard else ceiling_runs).append(load(wrk, server, workload, body_file, args))
-    ratios = [g["rps"] / c["rps"] for g, c in zip(guard_runs, ceiling_runs)]
-    cpu_ratios = [c["cpu_us"] / g["cpu_us"] for g, c in zip(guard_runs, ceiling_runs)]
+    ratios = [g["rps"] / c["rps"] for g, c in zip(guard_runs, ceiling_runs, strict=True)]
+    cpu_ratios = [c["cpu_us"] / g["cpu_us"] for g, c in zip(guard_runs, ceiling_runs, strict=True)]
     keys = ("rps", "p50_us", "p99_us", "cpu_us")
     return {
         "workload": workload.name, "bytes": workload.size,
@@ -199,7 +199,6 @@ def machine() -> str:
 
 def report(results: list[dict], guard: Server, ceiling: Server, guard_busy: list[float], small: list[dict],
            args: argparse.Namespace) -> str:
-    ms = lambda us: f"{us / 1000:.2f}"  # noqa: E731
     lines = [
         f"Machine: {machine()}; wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
         f"median of {args.runs} runs, guard and ceiling alternating.",
@@ -213,7 +212,6 @@ def report(results: list[dict], guard: Server, ceiling: Server, guard_busy: list
         lines.append(f"| {r['workload']} | {size_text(r['bytes'])} | {g['rps']:.0f} | {c['rps']:.0f} "
                      f"| {r['ratio']:.2f} | {ms(g['p50_us'])} | {ms(g['p99_us'])} | {ms(c['p50_us'])} "
                      f"| {ms(c['p99_us'])} | {ms(g['cpu_us'])} / {ms(c['cpu_us'])} ms | {r['cpu_ratio']:.2f} |")
-    mib = lambda values: ", ".join(f"{v:.1f}" for v in values) or "?"  # noqa: E731
     lines += [
         "",
         "| server | ready after start | RSS per worker, idle (MiB) | RSS per worker, after the load (MiB) |",
@@ -229,6 +227,14 @@ def report(results: list[dict], guard: Server, ceiling: Server, guard_busy: list
         cells = [per_kib(row[key], row["object_bytes"]) for key in ("dismissal_patch_s", "label_decision_s", "parse_s")]
         lines.append(f"| {size_text(row['object_bytes'])} | {row['nodes']} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def ms(microseconds: float) -> str:
+    return f"{microseconds / 1000:.2f}"
+
+
+def mib(values: list[float]) -> str:
+    return ", ".join(f"{value:.1f}" for value in values) or "?"
 
 
 def per_kib(seconds: float, size: int) -> str:

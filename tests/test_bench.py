@@ -28,7 +28,7 @@ def test_benchmark_measures_every_figure(tmp_path):
         for server in ("guard", "ceiling"):
             assert row[server]["rps"] > 0 and 0 < row[server]["p50_us"] <= row[server]["p99_us"]
         assert row["ratio"] > 0
-    assert [row["object_bytes"] >= size for row, size in zip(figures["micro"], (10240, 20480))] == [True, True]
+    assert [row["object_bytes"] >= 10240 for row in figures["micro"]] == [True, True]
     assert all(row["dismissal_patch_s"] > 0 and row["label_decision_s"] > 0 for row in figures["micro"])
     assert figures["ready_s"]["guard"] > 0 and figures["idle_rss_mib"]["guard"]
     assert "| dismissal, /validate (denied) |" in done.stdout and "ready after start" in done.stdout
