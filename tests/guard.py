@@ -64,10 +64,14 @@ class ApiserverConnection(http.client.HTTPSConnection):
 
 
 class Guard:
-    """One `upgrade-guard serve` process on a port the OS picked; always stopped by `stop()`."""
+    """One `upgrade-guard serve` process on a port the OS picked; always stopped by `stop()`.
 
-    def __init__(self, cert_dir: str | Path, *args: str, env: dict | None = None):
+    `program` runs instead of the installed `upgrade-guard` (the benchmark's ceiling reference takes the same
+    `serve` arguments)."""
+
+    def __init__(self, cert_dir: str | Path, *args: str, env: dict | None = None, program: list[str] | None = None):
         self.cert_dir = Path(cert_dir)
+        self.program = program or command()
         self.args = args
         # No drain unless a test asks for one: stopping a test's guard should not wait for load balancers.
         self.env = {**os.environ, "UPGRADE_GUARD_DRAIN": "0", **(env or {})}
@@ -79,7 +83,7 @@ class Guard:
 
     def start(self, timeout: float = 20) -> Guard:
         self.process = subprocess.Popen(
-            [*command(), "serve", "--cert-dir", str(self.cert_dir), "--bind", "127.0.0.1:0", *self.args],
+            [*self.program, "serve", "--cert-dir", str(self.cert_dir), "--bind", "127.0.0.1:0", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
         )
         threading.Thread(target=self._read, daemon=True).start()

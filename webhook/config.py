@@ -46,6 +46,11 @@ class FieldPath:
         return "".join("/" + k.replace("~", "~0").replace("/", "~1") for k in self.keys)
 
     def __str__(self) -> str:
+        return self.text
+
+    @cached_property
+    def text(self) -> str:
+        """Dotted, or the pointer when a key holds a dot or a slash."""
         if any("." in k or "/" in k for k in self.keys):
             return self.pointer
         return ".".join(self.keys)

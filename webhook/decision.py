@@ -5,7 +5,7 @@ Pure: no I/O, no web framework, no globals. Everything the guard promises is dec
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from webhook.config import Config, FieldPath
 from webhook.values import describe, lookup, same, same_except
@@ -34,11 +34,22 @@ class Request:
 
 @dataclass(frozen=True)
 class Change:
-    """A protected field the write would change, with the old value to put back."""
+    """A protected field the write would change. What would be lost and the operation that puts the stored value
+    back are worked out when asked for: a denial needs only the words, a restore only the operation."""
 
     path: FieldPath
-    summary: str  # what would be lost, for a person
-    restore: dict  # the JSON Patch operation that puts the stored value back
+    old: dict = field(repr=False, compare=False)  # the stored object
+    new: dict = field(repr=False, compare=False)  # the written object
+
+    @property
+    def summary(self) -> str:
+        """What would be lost, for a person."""
+        return describe(self.path, lookup(self.old, self.path.keys), lookup(self.new, self.path.keys))
+
+    @property
+    def restore(self) -> dict:
+        """The JSON Patch operation that puts the stored value back."""
+        return restore_op(self.path, self.old, self.new)
 
 
 @dataclass(frozen=True)
@@ -47,8 +58,8 @@ class Decision:
     reason: str  # one short phrase, for logs
     dismissal: bool = False
     changes: tuple[Change, ...] = ()
-    message: str = ""  # the denial a person reads
-    warning: str = ""  # what a restore did, under 256 characters
+    request: Request | None = field(default=None, repr=False, compare=False)  # a violation's, for its words
+    config: Config | None = field(default=None, repr=False, compare=False)
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -57,6 +68,18 @@ class Decision:
     @property
     def patch(self) -> list[dict]:
         return [c.restore for c in self.changes]
+
+    @property
+    def message(self) -> str:
+        """The denial a person reads ("" when allowed)."""
+        if self.request is None or self.config is None:
+            return ""
+        return denial_message(self.request, self.config, self.changes, self.dismissal)
+
+    @property
+    def warning(self) -> str:
+        """What a restore did, under 256 characters ("" when allowed)."""
+        return "" if self.request is None else restore_warning(self.request, self.changes)
 
 
 def _allow(reason: str, dismissal: bool = False) -> Decision:
@@ -97,15 +120,13 @@ def decide(req: Request, config: Config) -> Decision:
             return _allow("not a dismissal", dismissal)
         if not same_except(old, new, config.set_aside):
             return _allow("dismissal with other changes", dismissal)
-    changes = tuple(Change(p, describe(p, lookup(old, p.keys), lookup(new, p.keys)), restore_op(p, old, new))
-                    for p in changed)
     return Decision(
         violation=True,
         reason="strict: protected field changed" if config.strict else "dismissal would change protected fields",
         dismissal=dismissal,
-        changes=changes,
-        message=denial_message(req, config, changes, dismissal),
-        warning=restore_warning(req, changes),
+        changes=tuple(Change(p, old, new) for p in changed),
+        request=req,
+        config=config,
     )
 
 

@@ -6,11 +6,11 @@ The vocabulary follows controller-runtime: a review is answered Allowed, Denied 
 from __future__ import annotations
 
 import base64
-import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
 
+from webhook import jsoncodec
 from webhook.decision import Request
 
 API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
@@ -60,7 +60,7 @@ class Review:
     @classmethod
     def parse(cls, body: bytes) -> Review:
         try:
-            document = json.loads(body, parse_constant=_reject_constant, parse_float=_finite)
+            document = jsoncodec.loads(body, parse_constant=_reject_constant, parse_float=_finite)
         except BadReview:
             raise
         except RecursionError:
@@ -122,7 +122,7 @@ class Review:
         return self._answer(response)
 
     def patched(self, patch: list[dict], warning: str, audit: dict[str, str]) -> dict:
-        encoded = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+        encoded = base64.b64encode(jsoncodec.dumps(patch)).decode()
         return self._answer({
             "allowed": True,
             "patchType": "JSONPatch",

@@ -9,12 +9,15 @@ stop as gunicorn does: close the listener, let the workers finish what is in fli
 
 from __future__ import annotations
 
+import gc
+import logging
 import mmap
 import os
 import sys
 import time
 from pathlib import Path
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.http.errors import ParseException
@@ -119,6 +122,21 @@ def _for_the_app(app):
     return adapted
 
 
+def _settled(_worker) -> None:
+    """The app is loaded and lives as long as the worker: out of the garbage collector's sight, a collection walks
+    only what requests allocate, not every module and object of Flask, gunicorn and the guard."""
+    gc.freeze()
+
+
+class GuardLogger(glogging.Logger):
+    """gunicorn's logger, minus the access line it would build for every request only for the access logger's
+    level (warning, see logs.py) to drop it: each review has its own line from the app."""
+
+    def access(self, resp, req, environ, request_time) -> None:
+        if self.access_log.isEnabledFor(logging.INFO):
+            super().access(resp, req, environ, request_time)
+
+
 class GuardServer(BaseApplication):
     def __init__(self, config: Config, *, cert_dir: str | Path, bind: str, workers: int, threads: int,
                  max_body: int, keepalive: int, log_level: str, metrics_dir: str = "", drain: float = 0.0,
@@ -149,6 +167,8 @@ class GuardServer(BaseApplication):
             "ssl_context": self._ssl_context,
             "http_protocols": "h1",
             "logconfig_dict": logging_dict(log_level),
+            "logger_class": GuardLogger,
+            "post_worker_init": _settled,
             "loglevel": log_level,
             "accesslog": None,
             "worker_tmp_dir": _tmp_dir(),

@@ -7,31 +7,79 @@ same value; `true` is not `1` (Python's `==` says it is).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+
+import orjson
 
 _NUMBER = (int, float)
+_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_PLURAL = re.compile(r"(ses|s)$")
+# Only the JSON types themselves are written; anything else (a subclass, a date) makes orjson refuse.
+_PLAIN = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
 def is_empty(value: object) -> bool:
     if value is None:
         return True
     kind = type(value)
-    if kind is dict:
-        return all(is_empty(v) for v in value.values())
-    return kind is list and not value
+    if kind is list:
+        return not value
+    if kind is not dict:
+        return False
+    for inner in value.values():
+        if inner is None:
+            continue
+        inner_kind = type(inner)
+        if inner_kind is list:
+            if inner:
+                return False
+        elif inner_kind is not dict or not is_empty(inner):
+            return False
+    return True
 
 
 def same(a: object, b: object) -> bool:
     """JSON equality with absent == null == {} == []."""
     if a is b:
         return True
+    kind = type(a)
+    if kind is type(b) and (kind is dict or kind is list) and _identical(a, b):
+        return True
+    return _same(a, b)
+
+
+def _identical(a: dict | list, b: dict | list) -> bool:
+    """True when a and b are the same JSON text, proven at C speed; False when only the walk can tell.
+
+    Unchanged subtrees, whole statuses among them, are the common case and can be megabytes. `==` alone
+    would take true for 1, the bytes alone infinity for null (orjson writes null for it): both must agree.
+    """
+    try:
+        return a == b and orjson.dumps(a, option=_PLAIN) == orjson.dumps(b, option=_PLAIN)
+    except (TypeError, RecursionError):  # what orjson cannot write (beyond 64 bits, too deep): walk it
+        return False
+
+
+def _same(a: object, b: object) -> bool:
+    if a is b:
+        return True
     ta, tb = type(a), type(b)
     if ta is dict and tb is dict:
+        get = b.get
         for key, va in a.items():
-            if not same(va, b.get(key)):
+            vb = get(key)
+            kind = type(va)
+            if kind is type(vb) and kind is not dict and kind is not list:
+                if va is not vb and va != vb:
+                    return False
+            elif not _same(va, vb):
                 return False
-        return all(key in a or is_empty(vb) for key, vb in b.items())
+        for key, vb in b.items():
+            if key not in a and not is_empty(vb):
+                return False
+        return True
     if ta is list and tb is list:
-        return len(a) == len(b) and all(map(same, a, b))
+        return len(a) == len(b) and all(map(_same, a, b))
     if ta is tb:
         return a == b
     if is_empty(a) or is_empty(b):
@@ -41,20 +89,21 @@ def same(a: object, b: object) -> bool:
 
 def same_except(a: object, b: object, aside: dict) -> bool:
     """`same`, ignoring the members named in `aside` (key -> subtree of what to ignore, or None for all)."""
-    if is_empty(a):
-        a = {}
-    if is_empty(b):
-        b = {}
-    if type(a) is not dict or type(b) is not dict:
-        return same(a, b)
-    for key in a.keys() | b.keys():
-        if key in aside:
-            inner = aside[key]
-            if inner is not None and not same_except(a.get(key), b.get(key), inner):
-                return False
-        elif not same(a.get(key), b.get(key)):
-            return False
-    return True
+    return same(_without(a, aside), _without(b, aside))
+
+
+def _without(value: object, aside: dict) -> object:
+    """A copy of the maps along `aside` without the members it names (the rest is shared, not copied)."""
+    if type(value) is not dict:
+        return value
+    kept = dict(value)
+    for key in aside.keys() & kept.keys():
+        inner_aside = aside[key]
+        if inner_aside is None:
+            del kept[key]
+        else:
+            kept[key] = _without(kept[key], inner_aside)
+    return kept
 
 
 def lookup(obj: object, keys: tuple[str, ...]) -> object:
@@ -66,11 +115,17 @@ def lookup(obj: object, keys: tuple[str, ...]) -> object:
     return obj
 
 
+@lru_cache(maxsize=256)
+def _spaced(key: str) -> str:
+    """`nodeStatuses` -> `node statuses`: a status has few keys, and the same ones in every review."""
+    return _WORD_START.sub(" ", key).lower()
+
+
 def _words(key: str, count: int) -> str:
     """`nodeStatuses`, 3 -> `3 node statuses`; `conditions`, 1 -> `1 condition`."""
-    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", " ", key).lower()
+    words = _spaced(key) if len(key) <= 64 else _spaced.__wrapped__(key)  # remember short keys only
     if count == 1:
-        words = re.sub(r"(ses|s)$", lambda m: "s" if m.group(1) == "ses" else "", words)
+        words = _PLURAL.sub(lambda m: "s" if m.group(1) == "ses" else "", words)
     return f"{count} {words}"
 
 
