@@ -210,7 +210,7 @@ def _register(args: argparse.Namespace) -> int:
     cluster = _connect(values["kubeconfig"])
     failed = 0
     try:
-        for kind in ("validating", "mutating"):
+        for kind in KIND_NAMES:
             name = values[f"{kind}_configuration"]
             changed = set_ca_bundle(cluster, kind, name, bundle)
             if changed is None:

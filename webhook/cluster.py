@@ -19,7 +19,6 @@ from kubernetes import client, config
 from kubernetes.client import ApiException
 
 TIMEOUT = (5, 10)  # connect, read (s): a round never hangs on an unreachable API
-KINDS = ("validating", "mutating")
 KIND_NAMES = {"validating": "ValidatingWebhookConfiguration", "mutating": "MutatingWebhookConfiguration"}
 UPGRADES = ("harvesterhci.io", "v1beta1", "upgrades")
 
