@@ -108,15 +108,16 @@ class _Body:
         return iter(self.readline, b"")
 
 
-def _for_the_app(app):
-    """gunicorn's environ as the app expects it: the body as `_Body`, and mod_ssl's SSL_CLIENT_VERIFY read
-    from the TLS socket gunicorn puts in the environ.
+def _for_the_app(app, client_cert_required: bool):
+    """gunicorn's environ as the app expects it: the body as `_Body`, and, when client certificates are
+    required, mod_ssl's SSL_CLIENT_VERIFY read from the TLS socket gunicorn puts in the environ.
 
     The context verifies a certificate the client presents (or fails the handshake), so one that is
     there is verified.
     """
     def adapted(environ, start_response):
-        environ["SSL_CLIENT_VERIFY"] = "SUCCESS" if environ["gunicorn.socket"].getpeercert() else "NONE"
+        if client_cert_required:
+            environ["SSL_CLIENT_VERIFY"] = "SUCCESS" if environ["gunicorn.socket"].getpeercert() else "NONE"
         environ["wsgi.input"] = _Body(environ["wsgi.input"])
         return app(environ, start_response)
     return adapted
@@ -217,4 +218,4 @@ class GuardServer(BaseApplication):
         from webhook.metrics import Instrumented  # in the worker, once the metrics directory is exported
 
         app = create_app(self.config, self._problem, self.max_body, self.client_cert_required)
-        return _for_the_app(Instrumented(app, self.config, self._not_after))
+        return _for_the_app(Instrumented(app, self.config, self._not_after), self.client_cert_required)
