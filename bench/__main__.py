@@ -84,7 +84,7 @@ class Server:
 
     def __init__(self, name: str, cert_dir: Path, program: list[str] | None, env: dict, args: list[str]):
         self.name = name
-        self.guard = Guard(cert_dir, *args, env=env, program=program)
+        self.guard = Guard(cert_dir, *args, env=env, program=program, output=cert_dir.parent / f"{name}.log")
         started = time.perf_counter()
         self.guard.start()
         self.ready_s = time.perf_counter() - started

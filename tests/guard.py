@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterable, Iterator
 
 SERVICE_HOST = "upgrade-guard.harvester-system.svc"
 
@@ -67,12 +68,16 @@ class Guard:
     """One `upgrade-guard serve` process on a port the OS picked; always stopped by `stop()`.
 
     `program` runs instead of the installed `upgrade-guard` (the benchmark's ceiling reference takes the same
-    `serve` arguments)."""
+    `serve` arguments). With `output`, the guard writes its lines to that file, as a container runtime keeps
+    them, and `lines` holds only those up to "Listening at": a Python thread reading every line of a pipe
+    would take CPU from the guard under load (the benchmark's case)."""
 
-    def __init__(self, cert_dir: str | Path, *args: str, env: dict | None = None, program: list[str] | None = None):
+    def __init__(self, cert_dir: str | Path, *args: str, env: dict | None = None, program: list[str] | None = None,
+                 output: Path | None = None):
         self.cert_dir = Path(cert_dir)
         self.program = program or command()
         self.args = args
+        self.output = output
         # No drain unless a test asks for one: stopping a test's guard should not wait for load balancers.
         self.env = {**os.environ, "UPGRADE_GUARD_DRAIN": "0", **(env or {})}
         self.process: subprocess.Popen | None = None
@@ -82,20 +87,38 @@ class Guard:
         self._new_line = threading.Condition()
 
     def start(self, timeout: float = 20) -> Guard:
-        self.process = subprocess.Popen(
-            [*self.program, "serve", "--cert-dir", str(self.cert_dir), "--bind", "127.0.0.1:0", *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
+        command_line = [*self.program, "serve", "--cert-dir", str(self.cert_dir), "--bind", "127.0.0.1:0", *self.args]
+        if self.output is None:
+            self.process = subprocess.Popen(command_line, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                            text=True, env=self.env)
+            threading.Thread(target=self._read, args=(self.process.stdout,), daemon=True).start()
+        else:
+            with open(self.output, "w") as written:
+                self.process = subprocess.Popen(command_line, stdout=written, stderr=subprocess.STDOUT, env=self.env)
+            threading.Thread(target=self._read, args=(self._until_listening(),), daemon=True).start()
         if not self._listening.wait(timeout):
             self.stop()
             raise RuntimeError("the guard did not start listening:\n" + "\n".join(self.lines[-20:]))
         self.wait_ready(timeout)
         return self
 
-    def _read(self) -> None:
-        assert self.process and self.process.stdout
-        for line in self.process.stdout:
+    def _until_listening(self) -> Iterator[str]:
+        """The output file's lines as they are written, until the port is known or the process is gone."""
+        assert self.process and self.output
+        with open(self.output, "rb") as written:
+            line = b""
+            while not self._listening.is_set():
+                line += written.readline()
+                if line.endswith(b"\n"):
+                    yield line.decode(errors="replace")
+                    line = b""
+                elif self.process.poll() is not None:
+                    return
+                else:
+                    time.sleep(0.02)
+
+    def _read(self, source: Iterable[str]) -> None:
+        for line in source:
             with self._new_line:
                 self.lines.append(line.rstrip("\n"))
                 self._new_line.notify_all()

@@ -14,7 +14,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 from werkzeug.wsgi import get_content_length, get_input_stream
 
-from webhook import jsoncodec
+from webhook import jsoncodec, logs
 from webhook.admission import WEBHOOKS, outcome, respond
 from webhook.config import Config
 from webhook.review import BadReview, Review, status_document
@@ -57,7 +57,10 @@ def _body(environ: dict, max_body: int) -> bytes:
     return get_input_stream(environ, max_content_length=max_body).read()
 
 
-def _is_json(mimetype: str) -> bool:
+def _is_json(content_type: str) -> bool:
+    if content_type == "application/json":  # what the apiserver sends: no need to parse it
+        return True
+    mimetype = parse_options_header(content_type)[0].lower()
     return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 
@@ -76,7 +79,7 @@ def create_app(config: Config, problem: Callable[[], str] = lambda: "", max_body
             return 401, status_document(401, "Unauthorized",
                                         "a client certificate signed by the client CA is required")
         started = time.perf_counter()
-        if not _is_json(parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower()):
+        if not _is_json(environ.get("CONTENT_TYPE", "")):
             return 415, status_document(415, "UnsupportedMediaType",
                                 "the body must be an AdmissionReview, as application/json")
         try:
@@ -88,7 +91,7 @@ def create_app(config: Config, problem: Callable[[], str] = lambda: "", max_body
             return 400, status_document(400, "BadRequest", "the object is nested too deeply")
         req = parsed.request
         environ[REVIEW_OUTCOME] = (outcome(webhook, decision), decision.fields)
-        log.info("review", extra={
+        logs.info(log, "review", {
             "uid": parsed.uid, "webhook": webhook, "decision": outcome(webhook, decision),
             "reason": decision.reason, "user": req.user, "object": f"{req.namespace}/{req.name}",
             "fields": list(decision.fields), "dry_run": req.dry_run,

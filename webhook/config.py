@@ -105,4 +105,4 @@ class Config:
         return tree
 
     def is_exempt(self, user: str, groups: tuple[str, ...]) -> bool:
-        return user in self.exempt_users or any(g in self.exempt_groups for g in groups)
+        return user in self.exempt_users or not self.exempt_groups.isdisjoint(groups)

@@ -6,6 +6,7 @@ Pure: no I/O, no web framework, no globals. Everything the guard promises is dec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from webhook.config import Config, FieldPath
 from webhook.values import describe, lookup, same, same_except
@@ -15,9 +16,11 @@ KIND = "Upgrade"
 MISSING = object()
 
 
-@dataclass(frozen=True)
-class Request:
-    """The parts of an admission request the decision needs, already taken out of the review."""
+class Request(NamedTuple):
+    """The parts of an admission request the decision needs, already taken out of the review.
+
+    A named tuple, like Decision: one of each is made for every review the apiserver waits on, and a tuple
+    is made at a tenth of a frozen dataclass's cost."""
 
     operation: str
     group: str
@@ -52,14 +55,13 @@ class Change:
         return restore_op(self.path, self.old, self.new)
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     violation: bool
     reason: str  # one short phrase, for logs
     dismissal: bool = False
     changes: tuple[Change, ...] = ()
-    request: Request | None = field(default=None, repr=False, compare=False)  # a violation's, for its words
-    config: Config | None = field(default=None, repr=False, compare=False)
+    request: Request | None = None  # a violation's, for its words
+    config: Config | None = None
 
     @property
     def fields(self) -> tuple[str, ...]:

@@ -23,27 +23,57 @@ class JsonFormatter(logging.Formatter):
     _second: tuple[int, str] = (-1, "")  # the last second written and its text: lines come many to a second
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": self._time(record),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
         # A record's own attributes come first, in a fixed order: look for extras only after them.
-        line.update({k: v for k, v in islice(vars(record).items(), len(_RECORD), None) if k not in _STANDARD})
+        fields = {k: v for k, v in islice(vars(record).items(), len(_RECORD), None) if k not in _STANDARD}
         if record.exc_info:
             # Kept in the log for the operator; never sent to a client.
-            line["error"] = self.formatException(record.exc_info)
-        return jsoncodec.dumps(line, default=str).decode()
+            fields["error"] = self.formatException(record.exc_info)
+        return self.line(record.created, record.levelname, record.name, record.getMessage(), fields)
 
-    def _time(self, record: logging.LogRecord) -> str:
+    def line(self, created: float, level: str, logger: str, message: str, fields: dict) -> str:
+        return jsoncodec.dumps({"time": self._time(created), "level": level.lower(), "logger": logger,
+                                "msg": message, **fields}, default=str).decode()
+
+    def _time(self, created: float) -> str:
         """ISO 8601 in UTC to the millisecond: `2025-03-10T10:09:34.123+00:00`."""
         second, text = self._second
-        if int(record.created) != second:
-            second = int(record.created)
+        if int(created) != second:
+            second = int(created)
             text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = (second, text)
-        return f"{text}.{int(record.msecs):03d}+00:00"
+        return f"{text}.{int((created - second) * 1000):03d}+00:00"
+
+
+def info(logger: logging.Logger, message: str, fields: dict) -> None:
+    """`logger.info(message, extra=fields)`, the same line, at a quarter of the cost when the guard's own
+    configuration (`logging_dict`) handles it: a review's line is written while the apiserver waits.
+
+    Straight to the stream of each plain stream handler with a JsonFormatter; any other handler or a filter
+    on the way (a test's capture, another configuration) gets the record as logging makes it.
+    """
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handlers = []
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters:
+            return logger.info(message, extra=fields)
+        for handler in node.handlers:
+            if (type(handler) is not logging.StreamHandler or not isinstance(handler.formatter, JsonFormatter)
+                    or handler.filters):
+                return logger.info(message, extra=fields)
+            if handler.level <= logging.INFO:
+                handlers.append(handler)
+        node = node.parent if node.propagate else None
+    created = time.time()
+    for handler in handlers:
+        text = handler.formatter.line(created, "INFO", logger.name, message, fields) + handler.terminator
+        with handler.lock:
+            try:
+                handler.stream.write(text)
+                handler.stream.flush()
+            except Exception:  # as logging reports a handler that cannot write, and carries on
+                handler.handleError(logging.makeLogRecord({"msg": message, "name": logger.name}))
 
 
 def logging_dict(level: str) -> dict:

@@ -97,8 +97,9 @@ def _without(value: object, aside: dict) -> object:
     if type(value) is not dict:
         return value
     kept = dict(value)
-    for key in aside.keys() & kept.keys():
-        inner_aside = aside[key]
+    for key, inner_aside in aside.items():
+        if key not in kept:
+            continue
         if inner_aside is None:
             del kept[key]
         else:
@@ -115,18 +116,18 @@ def lookup(obj: object, keys: tuple[str, ...]) -> object:
     return obj
 
 
-@lru_cache(maxsize=256)
-def _spaced(key: str) -> str:
-    """`nodeStatuses` -> `node statuses`: a status has few keys, and the same ones in every review."""
-    return _WORD_START.sub(" ", key).lower()
-
-
-def _words(key: str, count: int) -> str:
-    """`nodeStatuses`, 3 -> `3 node statuses`; `conditions`, 1 -> `1 condition`."""
-    words = _spaced(key) if len(key) <= 64 else _spaced.__wrapped__(key)  # remember short keys only
+@lru_cache(maxsize=1024)
+def _counted(key: str, count: int) -> str:
+    """`nodeStatuses`, 3 -> `3 node statuses`; `conditions`, 1 -> `1 condition`: a status has few keys, and the
+    same ones in every review, so these are remembered (for short keys only, see `_words`)."""
+    words = _WORD_START.sub(" ", key).lower()
     if count == 1:
         words = _PLURAL.sub(lambda m: "s" if m.group(1) == "ses" else "", words)
     return f"{count} {words}"
+
+
+def _words(key: str, count: int) -> str:
+    return _counted(key, count) if len(key) <= 64 else _counted.__wrapped__(key, count)
 
 
 def _contents(value: dict) -> str:
