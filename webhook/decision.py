@@ -5,7 +5,6 @@ Pure: no I/O, no web framework, no globals. Everything the guard promises is dec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from webhook.config import Config, FieldPath
@@ -35,14 +34,19 @@ class Request(NamedTuple):
     dry_run: bool = False
 
 
-@dataclass(frozen=True)
 class Change:
     """A protected field the write would change. What would be lost and the operation that puts the stored value
     back are worked out when asked for: a denial needs only the words, a restore only the operation."""
 
-    path: FieldPath
-    old: dict = field(repr=False, compare=False)  # the stored object
-    new: dict = field(repr=False, compare=False)  # the written object
+    __slots__ = ("path", "old", "new")
+
+    def __init__(self, path: FieldPath, old: dict, new: dict):
+        self.path = path
+        self.old = old  # the stored object
+        self.new = new  # the written object
+
+    def __repr__(self) -> str:
+        return f"Change({self.path})"
 
     @property
     def summary(self) -> str:

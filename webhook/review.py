@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import base64
 import math
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 
 from webhook import jsoncodec
 from webhook.decision import Request
@@ -51,11 +50,35 @@ def _map(value: object) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _request(r: dict) -> Request:
+    """Leniently: a field of the wrong type reads as absent, and the decision then leaves the request alone."""
+    kind = _map(r.get("kind"))
+    user = _map(r.get("userInfo"))
+    groups = user.get("groups")
+    return Request(
+        _text(r.get("operation")),
+        _text(kind.get("group")),
+        _text(kind.get("kind")),
+        _text(r.get("subResource")) or _text(r.get("requestSubResource")),
+        _text(r.get("namespace")),
+        _text(r.get("name")) or _text(_map(_map(r.get("object")).get("metadata")).get("name")),
+        _text(user.get("username")),
+        tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else (),
+        r.get("oldObject"),
+        r.get("object"),
+        r.get("dryRun") is True,
+    )
+
+
 @dataclass(frozen=True)
 class Review:
     api_version: str
     uid: str
     raw: dict  # the review's `request` member, as sent
+    request: Request = field(init=False, repr=False)  # what the decision needs of it
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "request", _request(self.raw))
 
     @classmethod
     def parse(cls, body: bytes) -> Review:
@@ -81,27 +104,6 @@ class Review:
         if not isinstance(uid, str) or not uid:
             raise BadReview("request.uid must be a non-empty string")
         return cls(api_version, uid, request)
-
-    @cached_property
-    def request(self) -> Request:
-        """Leniently: a field of the wrong type reads as absent, and the decision then leaves the request alone."""
-        r = self.raw
-        kind = _map(r.get("kind"))
-        user = _map(r.get("userInfo"))
-        groups = user.get("groups")
-        return Request(
-            operation=_text(r.get("operation")),
-            group=_text(kind.get("group")),
-            kind=_text(kind.get("kind")),
-            subresource=_text(r.get("subResource")) or _text(r.get("requestSubResource")),
-            namespace=_text(r.get("namespace")),
-            name=_text(r.get("name")) or _text(_map(_map(r.get("object")).get("metadata")).get("name")),
-            user=_text(user.get("username")),
-            groups=tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else (),
-            old=r.get("oldObject"),
-            new=r.get("object"),
-            dry_run=r.get("dryRun") is True,
-        )
 
     def _answer(self, response: dict) -> dict:
         return {"apiVersion": self.api_version, "kind": "AdmissionReview", "response": {"uid": self.uid, **response}}
