@@ -13,6 +13,7 @@ import pytest
 
 from tests.guard import ApiserverConnection, Guard
 from tests.upgrades import dashboard_put, finished_upgrade, kubectl_label, review
+from webhook.settings import SERVE
 
 STORED = finished_upgrade()
 
@@ -117,7 +118,8 @@ def _children(pid: int) -> list[int]:
 
 
 def test_serve_is_the_master_and_its_children_are_the_workers(guard):
-    assert len(_children(guard.process.pid)) == 2
+    default = next(setting.default for setting in SERVE if setting.name == "workers")
+    assert len(_children(guard.process.pid)) == default
 
 
 def test_dev_generates_certificates_for_localhost(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import lru_cache
 from typing import Callable
 
 from flask import Flask, Response, request
@@ -90,12 +91,12 @@ def create_app(config: Config, problem: Callable[[], str] = lambda: "", max_body
         except RecursionError:
             return 400, status_document(400, "BadRequest", "the object is nested too deeply")
         req = parsed.request
-        environ[REVIEW_OUTCOME] = (outcome(webhook, decision), decision.fields)
+        decided, fields = outcome(webhook, decision), decision.fields
+        environ[REVIEW_OUTCOME] = (decided, fields)
         logs.info(log, "review", {
-            "uid": parsed.uid, "webhook": webhook, "decision": outcome(webhook, decision),
-            "reason": decision.reason, "user": req.user, "object": f"{req.namespace}/{req.name}",
-            "fields": list(decision.fields), "dry_run": req.dry_run,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "uid": parsed.uid, "webhook": webhook, "decision": decided, "reason": decision.reason,
+            "user": req.user, "object": f"{req.namespace}/{req.name}", "fields": list(fields),
+            "dry_run": req.dry_run, "duration_ms": round((time.perf_counter() - started) * 1000, 3),
         })
         return 200, answer
 
@@ -123,6 +124,12 @@ def create_app(config: Config, problem: Callable[[], str] = lambda: "", max_body
     return app
 
 
+@lru_cache(maxsize=None)
+def _status_line(code: int) -> str:
+    """`200 OK`: the few codes a review is answered with, spelt once."""
+    return f"{code} {HTTP_STATUS_CODES.get(code, 'unknown').upper()}"
+
+
 def _reviews_first(flask: Callable, review: Callable[[str, dict], tuple[int, dict]]) -> Callable:
     """The WSGI app in front of Flask: reviews are answered here, everything else by Flask.
 
@@ -142,8 +149,7 @@ def _reviews_first(flask: Callable, review: Callable[[str, dict], tuple[int, dic
         if code != 200:
             environ[REVIEW_ERROR] = (code, document["message"])
         body = jsoncodec.dumps(document)
-        start_response(f"{code} {HTTP_STATUS_CODES.get(code, 'unknown').upper()}",
-                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        start_response(_status_line(code), [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
 
     return wsgi

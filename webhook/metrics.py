@@ -113,15 +113,16 @@ class Instrumented:
         if webhook not in self._duration or environ.get("REQUEST_METHOD") != "POST":
             return self.app(environ, start_response)
         started = time.perf_counter()
-        self._guarded(self._in_flight.inc)
+        counted = self._guarded(self._in_flight.inc)
         try:
             return self.app(environ, start_response)
         finally:
-            self._guarded(self._record, webhook, environ, started)
+            self._guarded(self._record, webhook, environ, started, counted)
 
-    def _record(self, webhook: str, environ: dict, started: float) -> None:
+    def _record(self, webhook: str, environ: dict, started: float, counted: bool) -> None:
         seconds = time.perf_counter() - started
-        self._in_flight.dec()
+        if counted:
+            self._in_flight.dec()
         decision, fields = environ.get(REVIEW_OUTCOME) or ("error", ())
         self._reviews[webhook, decision].inc()
         self._duration[webhook].observe(seconds)
@@ -133,9 +134,11 @@ class Instrumented:
                                                 "error": message, "duration_ms": round(seconds * 1000, 3)})
 
     @staticmethod
-    def _guarded(action: Callable, *args) -> None:
+    def _guarded(action: Callable, *args) -> bool:
         """Metrics must never fail a write to the cluster: a broken metrics file is logged, the answer stands."""
         try:
             action(*args)
         except Exception:
             log.exception("metrics not recorded")
+            return False
+        return True
