@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import lru_cache
+from functools import cache
 from typing import Callable
 
 from flask import Flask, Response, request
@@ -124,7 +124,7 @@ def create_app(config: Config, problem: Callable[[], str] = lambda: "", max_body
     return app
 
 
-@lru_cache(maxsize=None)
+@cache
 def _status_line(code: int) -> str:
     """`200 OK`: the few codes a review is answered with, spelt once."""
     return f"{code} {HTTP_STATUS_CODES.get(code, 'unknown').upper()}"

@@ -38,7 +38,7 @@ class Change:
     """A protected field the write would change. What would be lost and the operation that puts the stored value
     back are worked out when asked for: a denial needs only the words, a restore only the operation."""
 
-    __slots__ = ("path", "old", "new")
+    __slots__ = ("new", "old", "path")
 
     def __init__(self, path: FieldPath, old: dict, new: dict):
         self.path = path
