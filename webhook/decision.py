@@ -51,7 +51,7 @@ class Change:
     @property
     def summary(self) -> str:
         """What would be lost, for a person."""
-        return describe(self.path, lookup(self.old, self.path.keys), lookup(self.new, self.path.keys))
+        return describe(self.path.text, lookup(self.old, self.path.keys), lookup(self.new, self.path.keys))
 
     @property
     def restore(self) -> dict:
@@ -69,7 +69,7 @@ class Decision(NamedTuple):
 
     @property
     def fields(self) -> tuple[str, ...]:
-        return tuple(str(c.path) for c in self.changes)
+        return tuple(c.path.text for c in self.changes)
 
     @property
     def patch(self) -> list[dict]:
@@ -187,7 +187,7 @@ def denial_message(req: Request, config: Config, changes: tuple[Change, ...], di
 
 
 def restore_warning(req: Request, changes: tuple[Change, ...]) -> str:
-    fields = ", ".join(str(c.path) for c in changes)
+    fields = ", ".join(c.path.text for c in changes)
     text = (f"upgrade-guard restored {fields} of Upgrade {req.namespace}/{req.name}: the write would have "
             f"lost them; the rest of it was kept")
     return _clip(text, 250)

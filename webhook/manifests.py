@@ -101,7 +101,7 @@ def deployment(config: Config, image: str) -> dict:
         "ports": [{"name": "https", "containerPort": PORT, "protocol": "TCP"}],
         "readinessProbe": _probe("/readyz", 5, 2),
         "livenessProbe": _probe("/healthz", 10, 3),
-        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "384Mi"}},
         "securityContext": restricted,
         "volumeMounts": [{"name": "tls", "mountPath": CERT_DIR, "readOnly": True},
                          {"name": "tmp", "mountPath": "/tmp"}],

@@ -157,11 +157,18 @@ def _words(key: str, count: int) -> str:
 
 
 def _contents(value: dict) -> str:
+    """The members of a map that hold something, lists and maps counted: `7 conditions, imageID`."""
     parts = []
     for key, inner in value.items():
-        if is_empty(inner):
-            continue
-        parts.append(_words(key, len(inner)) if isinstance(inner, (dict, list)) else key)
+        kind = type(inner)
+        if kind is list:
+            if inner:
+                parts.append(_words(key, len(inner)))
+        elif kind is dict:
+            if not is_empty(inner):
+                parts.append(_words(key, len(inner)))
+        elif inner is not None:
+            parts.append(key)
     return ", ".join(parts)
 
 
