@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import io
+import json
 import logging
 import logging.config
 import os
@@ -61,6 +62,10 @@ def stack(layer: int) -> Callable[[], bytes]:
                    "CONTENT_LENGTH": str(len(workload.body)), "wsgi.input": io.BytesIO(workload.body),
                    "wsgi.input_terminated": True}
         return b"".join(served(environ, lambda status, headers: None))
+
+    answer = json.loads(review())["response"]
+    if answer["allowed"] is not (layer == 0):  # the ceiling allows everything; the guard denies this write
+        raise RuntimeError(f"layer {layer} answered the dismissal wrongly: {answer}")
     return review
 
 

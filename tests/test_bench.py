@@ -32,3 +32,13 @@ def test_benchmark_measures_every_figure(tmp_path):
     assert all(row["dismissal_patch_s"] > 0 and row["label_decision_s"] > 0 for row in figures["micro"])
     assert figures["ready_s"]["guard"] > 0 and figures["idle_rss_mib"]["guard"]
     assert "| dismissal, /validate (denied) |" in done.stdout and "ready after start" in done.stdout
+
+
+@pytest.mark.parametrize("layer", range(4))
+def test_every_layer_serves_the_dismissal_as_its_app_would(layer):
+    """bench.layers checks the answer of each stack it counts (the ceiling allows, the guard denies) and says
+    what one review cost; here in a few reviews, without valgrind."""
+    done = subprocess.run([sys.executable, "-m", "bench.layers", "--serve", str(layer), "--calls", "3"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) > 0
