@@ -55,7 +55,7 @@ def _request(r: dict) -> Request:
     kind = _map(r.get("kind"))
     user = _map(r.get("userInfo"))
     groups = user.get("groups")
-    return Request(
+    return Request(  # in the order of Request's fields
         _text(r.get("operation")),
         _text(kind.get("group")),
         _text(kind.get("kind")),
