@@ -34,6 +34,7 @@ from bench.workloads import workloads
 from webhook.app import create_app
 from webhook.config import Config
 from webhook.logs import logging_dict
+from webhook.metrics import Instrumented
 from webhook.multiproc import MetricsDirectory
 from webhook.server import _for_the_app
 
@@ -44,17 +45,18 @@ FEW, MANY, WARM_UP = 100, 500, 50
 
 def stack(layer: int) -> Callable[[], bytes]:
     """One review served by the stack of `layer` (0-3), the logging and metrics set up as in a worker."""
-    atexit.register(MetricsDirectory.open().close)  # a private directory, removed when the process exits
+    metrics = MetricsDirectory.open()  # a private directory, removed when the process exits
+    atexit.register(metrics.close)
     logging.config.dictConfig(logging_dict("info"))
     sink = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     for handler in logging.getLogger().handlers:
         handler.setStream(sink)  # the line is made and written; where to is not the guard's cost
     logging.disable(logging.INFO if layer == 1 else logging.NOTSET)
-    from webhook.metrics import Instrumented  # once the metrics directory is exported, as in a worker
 
     config = Config()
     app = create_app(config)
-    served = [ceiling.answer, app, app, _for_the_app(Instrumented(app, config, lambda: None), False)][layer]
+    instrumented = _for_the_app(Instrumented(app, config, lambda: None, metrics.path), False)
+    served = (ceiling.answer, app, app, instrumented)[layer]
     workload = workloads()[0]
 
     def review() -> bytes:

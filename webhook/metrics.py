@@ -1,37 +1,36 @@
 """Prometheus metrics: what the guard decided, how long it took, what it kept, when its certificate ends.
 
 A thin WSGI layer around the app counts every review and serves `GET /metrics`; the app only leaves its
-decision in the WSGI environ (`REVIEW_OUTCOME`), so counting costs a few memory-mapped writes per review
-and never touches an object. Values live in prometheus-client's multiprocess files (see `multiproc`), so
-whichever worker answers a scrape reports the sums of all of them. Imported in the workers only, after the
-master has exported the directory: the library picks its storage when it is first imported.
+decision in the WSGI environ (`REVIEW_OUTCOME`), so counting costs a few additions into shared memory per
+review and never touches an object. Each worker counts into its own file (see `tally`), so whichever worker
+answers a scrape reports the sums of all of them; prometheus-client writes the exposition.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import time
+from itertools import accumulate
+from pathlib import Path
 from typing import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, values
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from webhook.app import REVIEW_ERROR, REVIEW_OUTCOME
 from webhook.config import Config
-from webhook.multiproc import ENV
+from webhook.tally import BUCKETS, DECISIONS, IN_FLIGHT, Layout, Tally, totals
 
 log = logging.getLogger("upgrade_guard.review")
 
 PATH = "/metrics"
-DECISIONS = {"validate": ("allowed", "denied", "error"), "mutate": ("allowed", "restored", "error")}
-# Reviews take well under a millisecond to a few; the apiserver gives up after timeoutSeconds (at most 30).
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class CertificateExpiry(Collector):
@@ -75,31 +74,44 @@ class GuardProcesses(Collector):
         return merged.values()
 
 
+class ReviewFigures(Collector):
+    """The review metrics, summed over every worker's tally at scrape time (see `tally`)."""
+
+    def __init__(self, directory: Path, layout: Layout):
+        self.directory = directory
+        self.layout = layout
+
+    def collect(self) -> Iterable[Metric]:
+        layout, sums = self.layout, totals(self.directory, self.layout)
+        reviews = CounterMetricFamily("upgrade_guard_reviews", "AdmissionReviews answered, by webhook and decision "
+                                      "(error: no decision could be given)", labels=["webhook", "decision"])
+        for labels, slot in layout.reviews.items():
+            reviews.add_metric(labels, sums[slot])
+        duration = HistogramMetricFamily("upgrade_guard_review_duration_seconds", "Time to answer an AdmissionReview",
+                                         labels=["webhook"])
+        for webhook, first in layout.durations.items():
+            counts = accumulate(sums[first:first + len(BUCKETS) + 1])
+            duration.add_metric([webhook], [(floatToGoString(b), n) for b, n in zip(BUCKETS + (math.inf,), counts)],
+                                sum_value=sums[first + len(BUCKETS) + 1])
+        changes = CounterMetricFamily("upgrade_guard_protected_field_changes", "Protected fields a write would have "
+                                      "changed, by field and what the guard did (denied the write or restored the "
+                                      "field)", labels=["field", "action"])
+        for labels, slot in layout.changes.items():
+            changes.add_metric(labels, sums[slot])
+        in_flight = GaugeMetricFamily("upgrade_guard_requests_in_flight", "AdmissionReviews being answered now",
+                                      value=sums[IN_FLIGHT])
+        return [reviews, duration, changes, in_flight]
+
+
 class Instrumented:
     """The app, with every review counted and timed, and `/metrics` served beside it."""
 
-    def __init__(self, app: Callable, config: Config, not_after: Callable[[], dt.datetime | None]):
-        if values.ValueClass is values.MutexValue:
-            raise RuntimeError(f"prometheus_client was imported before {ENV} was set: metrics would be per worker")
+    def __init__(self, app: Callable, config: Config, not_after: Callable[[], dt.datetime | None], directory: Path):
         self.app = app
-        reviews = Counter("upgrade_guard_reviews", "AdmissionReviews answered, by webhook and decision "
-                          "(error: no decision could be given)", ["webhook", "decision"], registry=None)
-        duration = Histogram("upgrade_guard_review_duration_seconds", "Time to answer an AdmissionReview",
-                             ["webhook"], buckets=BUCKETS, registry=None)
-        self._changes = Counter("upgrade_guard_protected_field_changes", "Protected fields a write would have "
-                                "changed, by field and what the guard did (denied the write or restored the field)",
-                                ["field", "action"], registry=None)
-        self._in_flight = Gauge("upgrade_guard_requests_in_flight", "AdmissionReviews being answered now",
-                                multiprocess_mode="livesum", registry=None)
-        # Children made up front: no label lookup per request, and every series exists from the start,
-        # so rate() and alerts see a 0 rather than nothing.
-        self._reviews = {(webhook, decision): reviews.labels(webhook, decision)
-                         for webhook, decisions in DECISIONS.items() for decision in decisions}
-        self._duration = {webhook: duration.labels(webhook) for webhook in DECISIONS}
-        self._changed = {(str(path), action): self._changes.labels(str(path), action)
-                         for path in config.protected for action in ("denied", "restored")}
+        layout = Layout(tuple(str(path) for path in config.protected))
+        self.tally = Tally(directory, os.getpid(), layout)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        registry.register(ReviewFigures(directory, layout))
         registry.register(CertificateExpiry(not_after))
         registry.register(GuardProcesses())
         PlatformCollector(registry=registry)
@@ -110,10 +122,10 @@ class Instrumented:
         if path == PATH:
             return self.exposition(environ, start_response)
         webhook = path[1:]
-        if webhook not in self._duration or environ.get("REQUEST_METHOD") != "POST":
+        if webhook not in DECISIONS or environ.get("REQUEST_METHOD") != "POST":
             return self.app(environ, start_response)
         started = time.perf_counter()
-        counted = self._guarded(self._in_flight.inc)
+        counted = self._guarded(self.tally.started)
         try:
             return self.app(environ, start_response)
         finally:
@@ -121,13 +133,8 @@ class Instrumented:
 
     def _record(self, webhook: str, environ: dict, started: float, counted: bool) -> None:
         seconds = time.perf_counter() - started
-        if counted:
-            self._in_flight.dec()
         decision, fields = environ.get(REVIEW_OUTCOME) or ("error", ())
-        self._reviews[webhook, decision].inc()
-        self._duration[webhook].observe(seconds)
-        for field in fields:
-            (self._changed.get((field, decision)) or self._changes.labels(field, decision)).inc()
+        self.tally.answered(webhook, decision, fields, seconds, counted)
         if decision == "error":
             status, message = environ.get(REVIEW_ERROR) or (500, "no answer")
             log.warning("review failed", extra={"webhook": webhook, "decision": decision, "status": status,

@@ -1,11 +1,10 @@
 """The directory where every gunicorn worker keeps its metrics, so `/metrics` adds them all up.
 
-prometheus-client's multiprocess mode has each process write its values to memory-mapped files named by
-its pid, and reads them all at scrape time. The master owns the directory: it makes a fresh private one
-(under /dev/shm, writable and in memory even on a read-only root file system) or empties the configured
-one (an emptyDir outlives a container restart, and stale files would count old requests again), tells
-the workers where it is through PROMETHEUS_MULTIPROC_DIR before they import the library, drops a dead
-worker's live gauges (requests in flight) and removes a directory it made when it exits.
+Each worker counts its reviews into a memory-mapped file named by its pid (see `tally`), and a scrape adds
+them all up. The master owns the directory: it makes a fresh private one (under /dev/shm, writable and in
+memory even on a read-only root file system) or empties the configured one (an emptyDir outlives a
+container restart, and stale files would count old requests again), forgets a dead worker's requests in
+flight, and removes a directory it made when it exits. The workers learn its path as they are forked.
 """
 
 from __future__ import annotations
@@ -17,10 +16,10 @@ import tempfile
 from pathlib import Path
 
 from webhook.settings import ENV_PREFIX, SettingError
+from webhook.tally import forget_in_flight
 
 log = logging.getLogger("upgrade_guard.metrics")
 
-ENV = "PROMETHEUS_MULTIPROC_DIR"
 SHM = "/dev/shm"
 
 
@@ -31,7 +30,7 @@ class MetricsDirectory:
 
     @classmethod
     def open(cls, configured: str = "") -> MetricsDirectory:
-        """Make or empty the directory and export it to the workers."""
+        """Make or empty the directory."""
         try:
             if configured:
                 path = Path(configured)
@@ -45,15 +44,12 @@ class MetricsDirectory:
         except OSError as err:
             raise SettingError(f"cannot use a metrics directory ({err}): give --metrics-dir / {ENV_PREFIX}METRICS_DIR "
                                f"a writable directory") from None
-        os.environ[ENV] = str(directory.path)
         log.info("metrics directory ready", extra={"path": str(directory.path), "private": directory.private})
         return directory
 
     def worker_exited(self, _server, worker) -> None:
         """gunicorn's child_exit hook: a dead worker's requests are no longer in flight (its counts stay)."""
-        from prometheus_client import multiprocess  # imported once the directory is exported
-
-        multiprocess.mark_process_dead(worker.pid, str(self.path))
+        forget_in_flight(self.path, worker.pid)
 
     def close(self) -> None:
         """When the master exits."""

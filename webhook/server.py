@@ -26,6 +26,7 @@ from werkzeug.exceptions import BadRequest, ClientDisconnected, RequestTimeout
 from webhook.app import create_app
 from webhook.config import Config
 from webhook.logs import logging_dict
+from webhook.metrics import Instrumented
 from webhook.multiproc import MetricsDirectory
 from webhook.tls import CERT_FILE, KEY_FILE, ServingCertificate
 from webhook.worker import GuardWorker
@@ -198,7 +199,7 @@ class GuardServer(BaseApplication):
 
     def run(self) -> None:
         """Serve until stopped, with the metrics directory made first, in the master, before any worker starts."""
-        metrics = MetricsDirectory.open(self.metrics_dir)
+        metrics = self.metrics = MetricsDirectory.open(self.metrics_dir)
         self.cfg.set("child_exit", metrics.worker_exited)
         master = os.getpid()
         try:
@@ -215,7 +216,6 @@ class GuardServer(BaseApplication):
         return loaded.not_after if loaded else None
 
     def load(self):
-        from webhook.metrics import Instrumented  # in the worker, once the metrics directory is exported
-
         app = create_app(self.config, self._problem, self.max_body, self.client_cert_required)
-        return _for_the_app(Instrumented(app, self.config, self._not_after), self.client_cert_required)
+        instrumented = Instrumented(app, self.config, self._not_after, self.metrics.path)
+        return _for_the_app(instrumented, self.client_cert_required)
