@@ -53,13 +53,6 @@ def find_wrk(install: bool) -> str | None:
     return shutil.which("wrk")
 
 
-def workers(master: int) -> list[int]:
-    try:
-        return [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
-    except OSError:
-        return []
-
-
 def cpu_seconds(pids: list[int]) -> float:
     """User and system CPU time used so far by these processes (utime and stime of /proc/PID/stat)."""
     total = 0
@@ -72,13 +65,6 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 class Server:
     """A running guard or ceiling, with what was measured about it outside the load runs."""
 
@@ -88,7 +74,8 @@ class Server:
         started = time.perf_counter()
         self.guard.start()
         self.ready_s = time.perf_counter() - started
-        self.idle_rss = self.settled_rss(expected_workers(args))
+        self.guard.settle(expected_workers(args))
+        self.idle_rss = self.worker_rss()
 
     @property
     def port(self) -> int:
@@ -96,25 +83,10 @@ class Server:
 
     def pids(self) -> list[int]:
         assert self.guard.process
-        return [self.guard.process.pid, *workers(self.guard.process.pid)]
+        return [self.guard.process.pid, *self.guard.workers()]
 
     def worker_rss(self) -> list[float]:
-        assert self.guard.process
-        return [rss_mib(pid) for pid in workers(self.guard.process.pid)]
-
-    def settled_rss(self, count: int, timeout: float = 10) -> list[float]:
-        """Each worker's memory once all `count` have booted and loaded the app (their memory stops growing).
-
-        Nothing announces that a worker has loaded its app, so this samples until three readings agree."""
-        deadline = time.monotonic() + timeout
-        readings: list[list[float]] = []
-        while time.monotonic() < deadline:
-            rss = self.worker_rss()
-            readings = (readings + [rss])[-3:] if len(rss) == count else []
-            if len(readings) == 3 and readings[0] == readings[2]:
-                break
-            time.sleep(0.1)
-        return self.worker_rss()
+        return [size / 2**20 for size in self.guard.worker_memory()]
 
     def check(self, workload: Workload) -> None:
         """One review answered as a correct guard answers it, or the figures mean nothing."""

@@ -176,13 +176,30 @@ class Guard:
                 raise RuntimeError(f"workers are {pids}, not {count} new ones:\n" + "\n".join(self.lines[-20:]))
             time.sleep(0.05)
 
-    def memory(self) -> int:
-        """Resident memory of the workers together, in bytes."""
-        total = 0
+    def worker_memory(self) -> list[int]:
+        """Resident memory of each worker, in bytes."""
+        sizes = []
         for pid in self.workers():
             status = Path(f"/proc/{pid}/status").read_text()
-            total += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
-        return total
+            sizes.append(int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024)
+        return sizes
+
+    def memory(self) -> int:
+        """Resident memory of the workers together, in bytes."""
+        return sum(self.worker_memory())
+
+    def settle(self, count: int, timeout: float = 10) -> None:
+        """Wait until `count` workers run and have loaded the app: ready means one worker answers, while the
+        others may still be importing (tens of MiB each). Nothing announces a loaded app, so this samples
+        their memory until three readings agree."""
+        deadline = time.monotonic() + timeout
+        readings: list[list[int]] = []
+        while time.monotonic() < deadline:
+            sizes = self.worker_memory()
+            readings = (readings + [sizes])[-3:] if len(sizes) == count else []
+            if len(readings) == 3 and readings[0] == readings[2]:
+                return
+            time.sleep(0.1)
 
     def stop(self, timeout: float = 30) -> int | None:
         if not self.process or self.process.poll() is not None:

@@ -13,15 +13,18 @@ import pytest
 from tests import corpus
 from tests.figures import FIGURES
 from tests.guard import SERVICE_HOST, Guard
+from webhook.settings import SERVE
 
 CASES = corpus.cases()
 REQUEST_TIMEOUT = 1  # seconds; the cases that stop sending half-way are closed after it
-MEMORY_GROWTH_LIMIT = 96 * 1024 * 1024  # after 76 requests, a few of them many MB large
+MEMORY_GROWTH_LIMIT = 64 * 1024 * 1024  # after 76 requests, a few of them many MB large (about 35 MiB seen)
+WORKERS = next(setting.default for setting in SERVE if setting.name == "workers")
 
 
 @pytest.fixture(scope="module")
 def hostile_guard(cert_dir):
     with Guard(cert_dir, "--request-timeout", str(REQUEST_TIMEOUT)) as running:
+        running.settle(WORKERS)
         running.baseline = running.memory()
         yield running
 

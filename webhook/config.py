@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from webhook.values import Aside
+
 READ_MESSAGE_LABEL = "harvesterhci.io/read-message"
 UPGRADE_CONTROLLER = "system:serviceaccount:harvester-system:harvester"
 DEFAULT_PROTECTED = ("status", "metadata.finalizers")
@@ -103,6 +105,11 @@ class Config:
             else:
                 node[path.keys[-1]] = None
         return tree
+
+    @cached_property
+    def aside(self) -> Aside:
+        """`set_aside`, made ready once for the comparison every examined write runs."""
+        return Aside.of(self.set_aside)
 
     def is_exempt(self, user: str, groups: tuple[str, ...]) -> bool:
         return user in self.exempt_users or not self.exempt_groups.isdisjoint(groups)

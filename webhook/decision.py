@@ -38,12 +38,14 @@ class Change:
     """A protected field the write would change. What would be lost and the operation that puts the stored value
     back are worked out when asked for: a denial needs only the words, a restore only the operation."""
 
-    __slots__ = ("new", "old", "path")
+    __slots__ = ("after", "before", "new", "old", "path")
 
-    def __init__(self, path: FieldPath, old: dict, new: dict):
+    def __init__(self, path: FieldPath, old: dict, new: dict, before: object, after: object):
         self.path = path
         self.old = old  # the stored object
         self.new = new  # the written object
+        self.before = before  # the field's value in each (None when absent), as the decision compared them
+        self.after = after
 
     def __repr__(self) -> str:
         return f"Change({self.path})"
@@ -51,7 +53,7 @@ class Change:
     @property
     def summary(self) -> str:
         """What would be lost, for a person."""
-        return describe(self.path.text, lookup(self.old, self.path.keys), lookup(self.new, self.path.keys))
+        return describe(self.path.text, self.before, self.after)
 
     @property
     def restore(self) -> dict:
@@ -64,12 +66,9 @@ class Decision(NamedTuple):
     reason: str  # one short phrase, for logs
     dismissal: bool = False
     changes: tuple[Change, ...] = ()
+    fields: tuple[str, ...] = ()  # the changes' paths, as logs, metrics and audit annotations name them
     request: Request | None = None  # a violation's, for its words
     config: Config | None = None
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        return tuple(c.path.text for c in self.changes)
 
     @property
     def patch(self) -> list[dict]:
@@ -106,7 +105,10 @@ def examined(req: Request) -> str | None:
 
 
 def label_value(obj: dict, key: str) -> object:
-    value = lookup(obj, ("metadata", "labels", key))
+    """The label's value, MISSING when absent or null. Read on every examined write: written out, not a `lookup`."""
+    metadata = obj.get("metadata")
+    labels = metadata.get("labels") if type(metadata) is dict else None
+    value = labels.get(key) if type(labels) is dict else None
     return MISSING if value is None else value
 
 
@@ -118,21 +120,26 @@ def decide(req: Request, config: Config) -> Decision:
         return _allow("exempt writer")
     old, new = req.old, req.new
     dismissal = label_value(old, config.label) != label_value(new, config.label)
-    changed = [p for p in config.protected if not same(lookup(old, p.keys), lookup(new, p.keys))]
-    if not changed:
+    changes = []
+    for path in config.protected:
+        before, after = lookup(old, path.keys), lookup(new, path.keys)
+        if not same(before, after):
+            changes.append(Change(path, old, new, before, after))
+    if not changes:
         return _allow("protected fields unchanged", dismissal)
     if not config.strict:
         if not dismissal:
             return _allow("not a dismissal", dismissal)
-        if not same_except(old, new, config.set_aside):
+        if not same_except(old, new, config.aside):
             return _allow("dismissal with other changes", dismissal)
     return Decision(
-        violation=True,
-        reason="strict: protected field changed" if config.strict else "dismissal would change protected fields",
-        dismissal=dismissal,
-        changes=tuple(Change(p, old, new) for p in changed),
-        request=req,
-        config=config,
+        True,
+        "strict: protected field changed" if config.strict else "dismissal would change protected fields",
+        dismissal,
+        tuple(changes),
+        tuple([change.path.text for change in changes]),
+        req,
+        config,
     )
 
 

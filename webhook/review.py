@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 import math
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from webhook import jsoncodec
 from webhook.decision import Request
@@ -42,43 +42,51 @@ def _finite(text: str) -> float:
     return value
 
 
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
+def _text(r: dict, key: str) -> str:
+    value = r.get(key)
+    return value if type(value) is str else ""
 
 
-def _map(value: object) -> dict:
-    return value if isinstance(value, dict) else {}
+def _map(r: dict, key: str) -> dict:
+    value = r.get(key)
+    return value if type(value) is dict else {}
 
 
 def _request(r: dict) -> Request:
-    """Leniently: a field of the wrong type reads as absent, and the decision then leaves the request alone."""
-    kind = _map(r.get("kind"))
-    user = _map(r.get("userInfo"))
+    """Leniently: a field of the wrong type reads as absent, and the decision then leaves the request alone.
+
+    Every review the apiserver waits on comes through here: the request and its user are read in place."""
+    kind = _map(r, "kind")
+    user = _map(r, "userInfo")
     groups = user.get("groups")
+    if type(groups) is list:
+        groups = tuple([g for g in groups if type(g) is str])
+    else:
+        groups = ()
+    name = _text(r, "name") or _text(_map(_map(r, "object"), "metadata"), "name")
     return Request(  # in the order of Request's fields
-        _text(r.get("operation")),
-        _text(kind.get("group")),
-        _text(kind.get("kind")),
-        _text(r.get("subResource")) or _text(r.get("requestSubResource")),
-        _text(r.get("namespace")),
-        _text(r.get("name")) or _text(_map(_map(r.get("object")).get("metadata")).get("name")),
-        _text(user.get("username")),
-        tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else (),
+        _text(r, "operation"),
+        _text(kind, "group"),
+        _text(kind, "kind"),
+        _text(r, "subResource") or _text(r, "requestSubResource"),
+        _text(r, "namespace"),
+        name,
+        _text(user, "username"),
+        groups,
         r.get("oldObject"),
         r.get("object"),
         r.get("dryRun") is True,
     )
 
 
-@dataclass(frozen=True)
-class Review:
+class Review(NamedTuple):
+    """An AdmissionReview as sent: what it is answered with, and what the decision needs of its request.
+
+    A named tuple: one is made for every review the apiserver waits on."""
+
     api_version: str
     uid: str
-    raw: dict  # the review's `request` member, as sent
-    request: Request = field(init=False, repr=False)  # what the decision needs of it
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "request", _request(self.raw))
+    request: Request
 
     @classmethod
     def parse(cls, body: bytes) -> Review:
@@ -103,7 +111,7 @@ class Review:
         uid = request.get("uid")
         if not isinstance(uid, str) or not uid:
             raise BadReview("request.uid must be a non-empty string")
-        return cls(api_version, uid, request)
+        return cls(api_version, uid, _request(request))
 
     def _answer(self, response: dict) -> dict:
         return {"apiVersion": self.api_version, "kind": "AdmissionReview", "response": {"uid": self.uid, **response}}

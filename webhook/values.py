@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import NamedTuple
 
 import orjson
 
@@ -42,6 +43,10 @@ def same(a: object, b: object) -> bool:
     """JSON equality with absent == null == {} == []."""
     if a is b:
         return True
+    if b is None:  # a member the write leaves out: the dismissal's status, for one
+        return is_empty(a)
+    if a is None:
+        return is_empty(b)
     kind = type(a)
     if kind is type(b) and (kind is dict or kind is list) and _identical(a, b):
         return True
@@ -82,54 +87,60 @@ def _same(a: object, b: object) -> bool:
         return len(a) == len(b) and all(map(_same, a, b))
     if ta is tb:
         return a == b
-    if is_empty(a) or is_empty(b):
-        return is_empty(a) and is_empty(b)
+    empty_a, empty_b = is_empty(a), is_empty(b)
+    if empty_a or empty_b:
+        return empty_a and empty_b
     return ta in _NUMBER and tb in _NUMBER and a == b
 
 
-def same_except(a: object, b: object, aside: dict) -> bool:
-    """`same`, ignoring the members named in `aside` (key -> subtree of what to ignore, or None for all).
+class Aside(NamedTuple):
+    """Members a comparison leaves out, from a tree of key -> subtree of what to leave out, or None for all of it:
+    `{"status": None, "metadata": {"labels": {"a": None}}}`. Made once per configuration, for `same_except`."""
 
-    Walks both maps side by side rather than comparing copies without those members: this runs on every
-    examined write, and the copies cost more than the comparison."""
+    members: frozenset[str]  # every key the tree names: none of them is compared as a whole
+    inside: tuple[tuple[str, Aside], ...]  # the keys whose values are compared except for some of their own
+
+    @classmethod
+    def of(cls, tree: dict) -> Aside:
+        return cls(frozenset(tree), tuple((key, cls.of(inner)) for key, inner in tree.items() if inner is not None))
+
+
+def same_except(a: object, b: object, aside: Aside) -> bool:
+    """`same`, ignoring the members `aside` names.
+
+    Runs on every examined write: walks both maps side by side rather than comparing copies without those
+    members (the copies cost more than the comparison)."""
     if type(a) is not dict or type(b) is not dict:
         return same(_without(a, aside), _without(b, aside))
+    members = aside.members
+    for key, inner in aside.inside:
+        if not same_except(a.get(key), b.get(key), inner):
+            return False
     get = b.get
     for key, va in a.items():
+        if key in members:
+            continue
         vb = get(key)
-        if key in aside:
-            inner = aside[key]
-            if inner is not None and not same_except(va, vb, inner):
-                return False
-        elif type(va) is type(vb) and type(va) is not dict and type(va) is not list:
+        kind = type(va)
+        if kind is type(vb) and kind is not dict and kind is not list:
             if va is not vb and va != vb:
                 return False
         elif not same(va, vb):
             return False
     for key, vb in b.items():
-        if key in a:
-            continue
-        if key in aside:
-            inner = aside[key]
-            if inner is not None and not same_except(None, vb, inner):
-                return False
-        elif not is_empty(vb):
+        if key not in a and key not in members and not is_empty(vb):
             return False
     return True
 
 
-def _without(value: object, aside: dict) -> object:
+def _without(value: object, aside: Aside) -> object:
     """A copy of the maps along `aside` without the members it names (the rest is shared, not copied)."""
     if type(value) is not dict:
         return value
-    kept = dict(value)
-    for key, inner_aside in aside.items():
-        if key not in kept:
-            continue
-        if inner_aside is None:
-            del kept[key]
-        else:
-            kept[key] = _without(kept[key], inner_aside)
+    kept = {key: inner for key, inner in value.items() if key not in aside.members}
+    for key, inner_aside in aside.inside:
+        if key in value:
+            kept[key] = _without(value[key], inner_aside)
     return kept
 
 
@@ -174,11 +185,12 @@ def _contents(value: dict) -> str:
 
 def describe(path: object, old: object, new: object) -> str:
     """What a person loses when `old` becomes `new` at `path`: `status: 7 conditions, 3 node statuses, upgradeLog`."""
-    if is_empty(new) and isinstance(old, dict) and not is_empty(old):
+    empty_old, empty_new = is_empty(old), is_empty(new)
+    if empty_new and not empty_old and isinstance(old, dict):
         return f"{path}: {_contents(old)}"
-    if is_empty(new) or type(old) is not dict or type(new) is not dict:
-        if is_empty(old):
+    if empty_new or type(old) is not dict or type(new) is not dict:
+        if empty_old:
             return f"{path} (set where there was none)"
-        return f"{path}" if is_empty(new) else f"{path} (changed)"
+        return f"{path}" if empty_new else f"{path} (changed)"
     changed = [key for key in old.keys() | new.keys() if not same(old.get(key), new.get(key))]
     return f"{path} (changed: {', '.join(sorted(changed))})"
