@@ -53,26 +53,19 @@ def _map(r: dict, key: str) -> dict:
 
 
 def _request(r: dict) -> Request:
-    """Leniently: a field of the wrong type reads as absent, and the decision then leaves the request alone.
-
-    Every review the apiserver waits on comes through here: the request and its user are read in place."""
+    """Leniently: a field of the wrong type reads as absent, and the decision then leaves the request alone."""
     kind = _map(r, "kind")
     user = _map(r, "userInfo")
     groups = user.get("groups")
-    if type(groups) is list:
-        groups = tuple([g for g in groups if type(g) is str])
-    else:
-        groups = ()
-    name = _text(r, "name") or _text(_map(_map(r, "object"), "metadata"), "name")
     return Request(  # in the order of Request's fields
         _text(r, "operation"),
         _text(kind, "group"),
         _text(kind, "kind"),
         _text(r, "subResource") or _text(r, "requestSubResource"),
         _text(r, "namespace"),
-        name,
+        _text(r, "name") or _text(_map(_map(r, "object"), "metadata"), "name"),
         _text(user, "username"),
-        groups,
+        tuple([g for g in groups if type(g) is str]) if type(groups) is list else (),
         r.get("oldObject"),
         r.get("object"),
         r.get("dryRun") is True,

@@ -152,6 +152,7 @@ class GuardServer(BaseApplication):
         self.certificate.refresh()  # load (and log the expiry) once before the workers fork
         self.max_body = max_body
         self.metrics_dir = metrics_dir
+        self.metrics: MetricsDirectory | None = None  # made by `run`, in the master; the workers inherit it
         self.request_timeout = request_timeout  # read by GuardWorker
         self.client_cert_required = client_ca is not None
         self.options = {
@@ -216,6 +217,7 @@ class GuardServer(BaseApplication):
         return loaded.not_after if loaded else None
 
     def load(self):
+        assert self.metrics is not None, "the app is loaded by workers, which `run` starts"
         app = create_app(self.config, self._problem, self.max_body, self.client_cert_required)
         instrumented = Instrumented(app, self.config, self._not_after, self.metrics.path)
         return _for_the_app(instrumented, self.client_cert_required)
