@@ -17,7 +17,7 @@ from webhook.settings import SERVE
 
 CASES = corpus.cases()
 REQUEST_TIMEOUT = 1  # seconds; the cases that stop sending half-way are closed after it
-MEMORY_GROWTH_LIMIT = 64 * 1024 * 1024  # after 76 requests, a few of them many MB large (about 35 MiB seen)
+MEMORY_GROWTH_LIMIT = 96 * 1024 * 1024  # after 76 requests, a few of them many MB large (32-58 MiB seen)
 WORKERS = next(setting.default for setting in SERVE if setting.name == "workers")
 
 
