@@ -18,11 +18,6 @@ from webhook.tally import BUCKETS, IN_FLIGHT, Layout, Tally, path_of, totals
 FIELDS = ("status", "metadata.finalizers")
 
 
-@pytest.fixture
-def directory(tmp_path):
-    return tmp_path
-
-
 def test_every_figure_has_a_slot_of_its_own():
     layout = Layout(FIELDS)
     slots = [IN_FLIGHT, *layout.reviews.values(), *layout.changes.values()]
@@ -34,15 +29,15 @@ def test_every_figure_has_a_slot_of_its_own():
     assert set(layout.changes) == {(f, a) for f in FIELDS for a in ("denied", "restored")}
 
 
-def test_workers_figures_add_up(directory):
+def test_workers_figures_add_up(tmp_path):
     layout = Layout(FIELDS)
-    one, two = Tally(directory, 101, layout), Tally(directory, 102, layout)
+    one, two = Tally(tmp_path, 101, layout), Tally(tmp_path, 102, layout)
     for tally in (one, two, two):
         tally.started()
         tally.answered("validate", "denied", FIELDS, 0.002, started=True)
     two.started()  # still being answered
     one.answered("mutate", "error", (), 0.1, started=False)  # its start could not be counted
-    sums = totals(directory, layout)
+    sums = totals(tmp_path, layout)
     assert sums[IN_FLIGHT] == 1
     assert sums[layout.reviews["validate", "denied"]] == 3
     assert sums[layout.reviews["mutate", "error"]] == 1
@@ -54,46 +49,46 @@ def test_workers_figures_add_up(directory):
 
 @pytest.mark.parametrize(("seconds", "bucket"), [(0.0, 0.0005), (0.0005, 0.0005), (0.00051, 0.001), (30.0, 30.0),
                                                  (30.5, None)])
-def test_a_duration_lands_in_the_first_bucket_it_fits(directory, seconds, bucket):
+def test_a_duration_lands_in_the_first_bucket_it_fits(tmp_path, seconds, bucket):
     """Prometheus buckets are `le`: a duration equal to a bound belongs to it; beyond the last, only +Inf."""
     layout = Layout(())
-    Tally(directory, 1, layout).answered("mutate", "allowed", (), seconds, started=False)
+    Tally(tmp_path, 1, layout).answered("mutate", "allowed", (), seconds, started=False)
     first = layout.durations["mutate"]
-    counts = totals(directory, layout)[first:first + len(BUCKETS) + 1]
+    counts = totals(tmp_path, layout)[first:first + len(BUCKETS) + 1]
     assert counts.index(1) == (len(BUCKETS) if bucket is None else BUCKETS.index(bucket))
     assert sum(counts) == 1
 
 
-def test_a_worker_whose_pid_comes_round_again_carries_on_from_the_dead_ones_counts(directory):
+def test_a_worker_whose_pid_comes_round_again_carries_on_from_the_dead_ones_counts(tmp_path):
     layout = Layout(FIELDS)
-    Tally(directory, 5, layout).answered("validate", "allowed", (), 0.001, started=False)
-    Tally(directory, 5, layout).answered("validate", "allowed", (), 0.001, started=False)
-    assert totals(directory, layout)[layout.reviews["validate", "allowed"]] == 2
+    Tally(tmp_path, 5, layout).answered("validate", "allowed", (), 0.001, started=False)
+    Tally(tmp_path, 5, layout).answered("validate", "allowed", (), 0.001, started=False)
+    assert totals(tmp_path, layout)[layout.reviews["validate", "allowed"]] == 2
 
 
-def test_a_file_being_made_counts_nothing_and_others_still_count(directory):
+def test_a_file_being_made_counts_nothing_and_others_still_count(tmp_path):
     layout = Layout(FIELDS)
-    Tally(directory, 7, layout).answered("validate", "allowed", (), 0.001, started=False)
-    path_of(directory, 8).write_bytes(b"\0" * 8)  # a worker between creating its file and sizing it
-    (directory / "unrelated.txt").write_text("x")
-    assert totals(directory, layout)[layout.reviews["validate", "allowed"]] == 1
+    Tally(tmp_path, 7, layout).answered("validate", "allowed", (), 0.001, started=False)
+    path_of(tmp_path, 8).write_bytes(b"\0" * 8)  # a worker between creating its file and sizing it
+    (tmp_path / "unrelated.txt").write_text("x")
+    assert totals(tmp_path, layout)[layout.reviews["validate", "allowed"]] == 1
 
 
-def test_a_dead_workers_requests_leave_the_in_flight_count_and_its_counts_stay(directory):
+def test_a_dead_workers_requests_leave_the_in_flight_count_and_its_counts_stay(tmp_path):
     """The master's child_exit hook (wired in GuardServer.run): a killed worker's reviews never end."""
     layout = Layout(FIELDS)
-    dead, alive = Tally(directory, 201, layout), Tally(directory, 202, layout)
+    dead, alive = Tally(tmp_path, 201, layout), Tally(tmp_path, 202, layout)
     dead.answered("validate", "denied", FIELDS, 0.001, started=False)
     dead.started()
     dead.started()
     alive.started()
-    metrics = MetricsDirectory(directory, private=False)
+    metrics = MetricsDirectory(tmp_path, private=False)
     metrics.worker_exited(None, types.SimpleNamespace(pid=201))
     metrics.worker_exited(None, types.SimpleNamespace(pid=999))  # died before it made its file: nothing to do
-    sums = totals(directory, layout)
+    sums = totals(tmp_path, layout)
     assert sums[IN_FLIGHT] == 1
     assert sums[layout.reviews["validate", "denied"]] == 1
-    assert not path_of(directory, 999).exists()
+    assert not path_of(tmp_path, 999).exists()
 
 
 def _recording(outcome: tuple | None, error: tuple | None = None):
@@ -119,12 +114,12 @@ def _scrape(layer: Instrumented) -> dict[str, float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def test_reviews_are_counted_timed_and_served(directory):
+def test_reviews_are_counted_timed_and_served(tmp_path):
     config = Config()
-    denying = Instrumented(_recording(("denied", FIELDS)), config, lambda: None, directory)
+    denying = Instrumented(_recording(("denied", FIELDS)), config, lambda: None, tmp_path)
     assert _call(denying, "/validate") == b"answer"
     _call(denying, "/validate")
-    _call(Instrumented(_recording(("restored", FIELDS)), config, lambda: None, directory), "/mutate")
+    _call(Instrumented(_recording(("restored", FIELDS)), config, lambda: None, tmp_path), "/mutate")
     _call(denying, "/healthz", "GET")  # not a review: passed on, not counted
     _call(denying, "/validate", "GET")
     samples = _scrape(denying)
@@ -143,8 +138,8 @@ def test_reviews_are_counted_timed_and_served(directory):
     assert 0 < samples["upgrade_guard_review_duration_seconds_sum[('webhook', 'validate')]"] < 1
 
 
-def test_a_review_without_a_decision_is_an_error_and_logged(directory, caplog):
-    layer = Instrumented(_recording(None, (413, "too big")), Config(), lambda: None, directory)
+def test_a_review_without_a_decision_is_an_error_and_logged(tmp_path, caplog):
+    layer = Instrumented(_recording(None, (413, "too big")), Config(), lambda: None, tmp_path)
     with caplog.at_level(logging.WARNING, "upgrade_guard.review"):
         _call(layer, "/mutate")
     assert _scrape(layer)["upgrade_guard_reviews_total[('decision', 'error'), ('webhook', 'mutate')]"] == 1
@@ -152,16 +147,16 @@ def test_a_review_without_a_decision_is_an_error_and_logged(directory, caplog):
     assert (failed.webhook, failed.status, failed.error) == ("mutate", 413, "too big")
 
 
-def test_counting_that_fails_never_fails_the_review(directory, caplog):
-    layer = Instrumented(_recording(("denied", FIELDS)), Config(), lambda: None, directory)
+def test_counting_that_fails_never_fails_the_review(tmp_path, caplog):
+    layer = Instrumented(_recording(("denied", FIELDS)), Config(), lambda: None, tmp_path)
     layer.tally._values.release()  # every write now raises, as a broken mapping would
     with caplog.at_level(logging.ERROR, "upgrade_guard.review"):
         assert _call(layer, "/validate") == b"answer"
     assert [r.getMessage() for r in caplog.records] == ["metrics not recorded", "metrics not recorded"]
 
 
-def test_in_flight_goes_down_only_when_it_went_up(directory):
-    layer = Instrumented(_recording(("allowed", ())), Config(), lambda: None, directory)
+def test_in_flight_goes_down_only_when_it_went_up(tmp_path):
+    layer = Instrumented(_recording(("allowed", ())), Config(), lambda: None, tmp_path)
     layer.tally.started = lambda: 1 / 0  # the increment fails, the decrement must not happen
     _call(layer, "/validate")
     assert _scrape(layer)["upgrade_guard_requests_in_flight[]"] == 0

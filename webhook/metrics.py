@@ -91,8 +91,8 @@ class ReviewFigures(Collector):
                                          labels=["webhook"])
         for webhook, first in layout.durations.items():
             counts = accumulate(sums[first:first + len(BUCKETS) + 1])
-            duration.add_metric([webhook], [(floatToGoString(b), n) for b, n in zip(BUCKETS + (math.inf,), counts)],
-                                sum_value=sums[first + len(BUCKETS) + 1])
+            buckets = [(floatToGoString(b), n) for b, n in zip(BUCKETS + (math.inf,), counts, strict=True)]
+            duration.add_metric([webhook], buckets, sum_value=sums[first + len(BUCKETS) + 1])
         changes = CounterMetricFamily("upgrade_guard_protected_field_changes", "Protected fields a write would have "
                                       "changed, by field and what the guard did (denied the write or restored the "
                                       "field)", labels=["field", "action"])

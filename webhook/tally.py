@@ -99,7 +99,7 @@ def totals(directory: Path, layout: Layout) -> list[float]:
                 with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
                     # Read in place, a double at a time, as the writers store them: never half a value.
                     values = memoryview(mapped).cast("d")
-                    sums = [a + b for a, b in zip(sums, values)]
+                    sums = [a + b for a, b in zip(sums, values, strict=True)]
                     values.release()
         except FileNotFoundError:  # the directory emptied under us
             continue
