@@ -13,6 +13,7 @@ from webhook.values import describe, lookup, same, same_except
 GROUP = "harvesterhci.io"
 KIND = "Upgrade"
 MISSING = object()
+Labels = tuple[object, object]  # the read-message label's value in the stored and in the written object, or MISSING
 
 
 class Request(NamedTuple):
@@ -69,6 +70,7 @@ class Decision(NamedTuple):
     fields: tuple[str, ...] = ()  # the changes' paths, as logs, metrics and audit annotations name them
     request: Request | None = None  # a violation's, for its words
     config: Config | None = None
+    labels: Labels = (MISSING, MISSING)
 
     @property
     def patch(self) -> list[dict]:
@@ -79,7 +81,7 @@ class Decision(NamedTuple):
         """The denial a person reads ("" when allowed)."""
         if self.request is None or self.config is None:
             return ""
-        return denial_message(self.request, self.config, self.changes, self.dismissal)
+        return denial_message(self.request, self.config, self.changes, self.labels)
 
     @property
     def warning(self) -> str:
@@ -119,7 +121,8 @@ def decide(req: Request, config: Config) -> Decision:
     if config.is_exempt(req.user, req.groups):
         return _allow("exempt writer")
     old, new = req.old, req.new
-    dismissal = label_value(old, config.label) != label_value(new, config.label)
+    labels = label_value(old, config.label), label_value(new, config.label)
+    dismissal = labels[0] != labels[1]
     changes = []
     for path in config.protected:
         before, after = lookup(old, path.keys), lookup(new, path.keys)
@@ -140,6 +143,7 @@ def decide(req: Request, config: Config) -> Decision:
         tuple([change.path.text for change in changes]),
         req,
         config,
+        labels,
     )
 
 
@@ -171,26 +175,27 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def safe_way(req: Request, config: Config, dismissal: bool) -> str:
+def safe_way(req: Request, config: Config, labels: Labels) -> str:
+    """How to make the write's change without losing anything; `labels` as `Decision.labels`."""
+    stored, written = labels
     target = f"kubectl -n {req.namespace} label upgrade {req.name} {config.label}"
-    if dismissal:
-        value = label_value(req.new, config.label)
-        if value is MISSING:
+    if stored != written:  # a dismissal
+        if written is MISSING:
             return f"To make the same change safely, remove the label only: {target}-"
-        overwrite = " --overwrite" if label_value(req.old, config.label) is not MISSING else ""
-        return f"To make the same change safely, set the label only: {target}={value}{overwrite}"
+        overwrite = " --overwrite" if stored is not MISSING else ""
+        return f"To make the same change safely, set the label only: {target}={written}{overwrite}"
     return ("Leave these fields out of the write (kubectl label, annotate and patch keep them as stored); "
             "an admin who must edit them by hand needs an exempt user or group.")
 
 
-def denial_message(req: Request, config: Config, changes: tuple[Change, ...], dismissal: bool) -> str:
+def denial_message(req: Request, config: Config, changes: tuple[Change, ...], labels: Labels) -> str:
     lost = _clip("; ".join(c.summary for c in changes), 400)
     why = ("the Upgrade CRD has no status subresource, so a saved object without them wipes the upgrade's "
            "history and the controller restarts it")
-    if config.strict and not dismissal:
+    if config.strict and labels[0] == labels[1]:
         why = "strict mode: only exempt writers may change protected fields"
     return (f"This write to Upgrade {req.namespace}/{req.name} would lose {lost} ({why}). "
-            f"{safe_way(req, config, dismissal)}")
+            f"{safe_way(req, config, labels)}")
 
 
 def restore_warning(req: Request, changes: tuple[Change, ...]) -> str:
