@@ -6,6 +6,10 @@ over TLS, POSTs of AdmissionReviews), alternating guard and ceiling run by run s
 and prints a Markdown table: reviews/s, p50/p99 latency, ratios to the ceiling (medians over the runs),
 per-worker memory, time to ready, and the in-process cost per object size.
 
+With `--reference TREE`, the reference is the guard of another source tree (a git worktree of an earlier
+commit, say) instead of the ceiling: the same figures then say whether a change made the guard cheaper, in
+the server, beside the code before it.
+
 Exit 0 when every figure was measured, 3 when no load generator could be had, 1 when an answer was wrong.
 """
 
@@ -68,8 +72,10 @@ def cpu_seconds(pids: list[int]) -> float:
 class Server:
     """A running guard or ceiling, with what was measured about it outside the load runs."""
 
-    def __init__(self, name: str, cert_dir: Path, program: list[str] | None, env: dict, args: list[str]):
+    def __init__(self, name: str, cert_dir: Path, program: list[str] | None, env: dict, args: list[str],
+                 judged: bool = True):
         self.name = name
+        self.judged = judged  # answers as a guard must; the ceiling allows everything
         self.guard = Guard(cert_dir, *args, env=env, program=program, output=cert_dir.parent / f"{name}.log")
         started = time.perf_counter()
         self.guard.start()
@@ -94,10 +100,10 @@ class Server:
         status, _, answer = connection.review(workload.path, workload.body)
         connection.close()
         response = answer.get("response", {}) if isinstance(answer, dict) else {}
-        expected = workload.allowed if self.name == "guard" else True
+        expected = workload.allowed if self.judged else True
         if status != 200 or response.get("allowed") is not expected:
             raise Failed(f"{self.name} answered {workload.name} wrongly: {status} {str(answer)[:300]}")
-        if self.name == "guard" and workload.patched != ("patch" in response):
+        if self.judged and workload.patched != ("patch" in response):
             raise Failed(f"guard answered {workload.name} without the expected patch: {str(answer)[:300]}")
 
     def stop(self) -> None:
@@ -148,10 +154,20 @@ def compare(wrk: str, guard: Server, ceiling: Server, workload: Workload, body_f
     return {
         "workload": workload.name, "bytes": workload.size,
         "guard": {key: median(guard_runs, key) for key in keys},
-        "ceiling": {key: median(ceiling_runs, key) for key in keys},
+        ceiling.name: {key: median(ceiling_runs, key) for key in keys},
         "ratio": statistics.median(ratios), "ratios": ratios,
-        "cpu_ratio": statistics.median(cpu_ratios), "runs": {"guard": guard_runs, "ceiling": ceiling_runs},
+        "cpu_ratio": statistics.median(cpu_ratios), "runs": {"guard": guard_runs, ceiling.name: ceiling_runs},
     }
+
+
+def reference(tree: Path, scratch: Path, serve_args: list[str]) -> Server:
+    """The guard of another source tree. `-P`: the current directory, which may hold this tree's `webhook`,
+    must not come before that tree on the import path."""
+    tree = tree.resolve()
+    if not (tree / "webhook" / "__init__.py").is_file():
+        raise Failed(f"--reference {tree}: no webhook package there")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))}
+    return Server("reference", scratch / "certs", [sys.executable, "-P", "-m", "webhook"], env, serve_args)
 
 
 def size_text(size: int) -> str:
@@ -171,16 +187,17 @@ def machine() -> str:
 
 def report(results: list[dict], guard: Server, ceiling: Server, guard_busy: list[float], small: list[dict],
            args: argparse.Namespace) -> str:
+    other = ceiling.name  # "ceiling", or "reference" (another tree's guard)
     lines = [
         f"Machine: {machine()}; wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
-        f"median of {args.runs} runs, guard and ceiling alternating.",
+        f"median of {args.runs} runs, guard and {other} alternating.",
         "",
-        "| workload | body | guard reviews/s | ceiling reviews/s | ratio | guard p50 ms | guard p99 ms "
-        "| ceiling p50 ms | ceiling p99 ms | server CPU per review, guard / ceiling | CPU ratio |",
+        f"| workload | body | guard reviews/s | {other} reviews/s | ratio | guard p50 ms | guard p99 ms "
+        f"| {other} p50 ms | {other} p99 ms | server CPU per review, guard / {other} | CPU ratio |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        g, c = r["guard"], r["ceiling"]
+        g, c = r["guard"], r[other]
         lines.append(f"| {r['workload']} | {size_text(r['bytes'])} | {g['rps']:.0f} | {c['rps']:.0f} "
                      f"| {r['ratio']:.2f} | {ms(g['p50_us'])} | {ms(g['p99_us'])} | {ms(c['p50_us'])} "
                      f"| {ms(c['p99_us'])} | {ms(g['cpu_us'])} / {ms(c['cpu_us'])} ms | {r['cpu_ratio']:.2f} |")
@@ -189,7 +206,7 @@ def report(results: list[dict], guard: Server, ceiling: Server, guard_busy: list
         "| server | ready after start | RSS per worker, idle (MiB) | RSS per worker, after the load (MiB) |",
         "| --- | --- | --- | --- |",
         f"| guard | {guard.ready_s:.2f} s | {mib(guard.idle_rss)} | {mib(guard_busy)} |",
-        f"| ceiling | {ceiling.ready_s:.2f} s | {mib(ceiling.idle_rss)} | {mib(ceiling.worker_rss())} |",
+        f"| {other} | {ceiling.ready_s:.2f} s | {mib(ceiling.idle_rss)} | {mib(ceiling.worker_rss())} |",
         "",
         "| stored object | nodes | decision + patch (dismissal, /mutate) | decision (kubectl label) "
         "| parse the dismissal review |",
@@ -227,6 +244,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="more `upgrade-guard serve` flags for both servers, e.g. '--workers 3' [none: defaults]")
     parser.add_argument("--workloads", default="",
                         help="comma-separated numbers (1-5) of the workloads to run [all]")
+    parser.add_argument("--reference", type=Path, metavar="TREE",
+                        help="measure against the guard of this source tree instead of the ceiling")
     parser.add_argument("--json", type=Path, help="also write every figure to this file")
     parser.add_argument("--no-install", action="store_true", help="never install wrk")
     parser.add_argument("--quick", action="store_true",
@@ -261,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             serve_args = shlex.split(args.serve_args)
             guard = Server("guard", scratch / "certs", None, env, serve_args)
             started.append(guard)
-            ceiling = Server("ceiling", scratch / "certs", [sys.executable, "-m", "bench.ceiling"], env, serve_args)
+            ceiling = reference(args.reference, scratch, serve_args) if args.reference else Server(
+                "ceiling", scratch / "certs", [sys.executable, "-m", "bench.ceiling"], env, serve_args, judged=False)
             started.append(ceiling)
             results = []
             for workload in cases:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,29 @@ def test_every_layer_serves_the_dismissal_as_its_app_would(layer):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) > 0
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--workloads", "1", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode == NO_LOAD_GENERATOR:
+        pytest.skip("wrk is not installed and could not be installed")
+    return done
+
+
+def test_a_reference_tree_is_measured_with_its_own_code(tmp_path):
+    """`--reference TREE` serves that tree's guard, even though the benchmark runs in this tree's directory: a
+    tree whose guard lets the dismissal through is caught answering wrongly, an unchanged copy is measured."""
+    shutil.copytree(ROOT / "webhook", tmp_path / "same" / "webhook")
+    figures_file = tmp_path / "figures.json"
+    done = _bench("--reference", str(tmp_path / "same"), "--json", str(figures_file))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "| reference reviews/s |" in done.stdout and "guard and reference alternating" in done.stdout
+    row = json.loads(figures_file.read_text())["load"][0]
+    assert row["reference"]["rps"] > 0 and row["ratio"] > 0
+
+    shutil.copytree(ROOT / "webhook", tmp_path / "lenient" / "webhook")
+    decision = tmp_path / "lenient" / "webhook" / "decision.py"
+    decision.write_text(decision.read_text().replace('KIND = "Upgrade"', 'KIND = "NotAnUpgrade"'))
+    done = _bench("--reference", str(tmp_path / "lenient"))
+    assert done.returncode == 1 and "reference answered dismissal, /validate (denied) wrongly" in done.stderr
