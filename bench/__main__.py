@@ -104,7 +104,7 @@ class Server:
         if status != 200 or response.get("allowed") is not expected:
             raise Failed(f"{self.name} answered {workload.name} wrongly: {status} {str(answer)[:300]}")
         if self.judged and workload.patched != ("patch" in response):
-            raise Failed(f"guard answered {workload.name} without the expected patch: {str(answer)[:300]}")
+            raise Failed(f"{self.name} answered {workload.name} without the expected patch: {str(answer)[:300]}")
 
     def stop(self) -> None:
         self.guard.stop()

@@ -192,7 +192,7 @@ def denial_message(req: Request, config: Config, changes: tuple[Change, ...], la
     lost = _clip("; ".join(c.summary for c in changes), 400)
     why = ("the Upgrade CRD has no status subresource, so a saved object without them wipes the upgrade's "
            "history and the controller restarts it")
-    if config.strict and labels[0] == labels[1]:
+    if config.strict and labels[0] == labels[1]:  # not a dismissal
         why = "strict mode: only exempt writers may change protected fields"
     return (f"This write to Upgrade {req.namespace}/{req.name} would lose {lost} ({why}). "
             f"{safe_way(req, config, labels)}")
