@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 from pathlib import Path
 
 import pytest
+from werkzeug.wsgi import get_content_length, get_input_stream
 
 from tests.upgrades import dashboard_put, finished_upgrade, kubectl_label, review
-from webhook.app import create_app
+from webhook.app import _body, create_app
 from webhook.config import Config
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -167,6 +169,28 @@ def test_body_over_the_limit_is_413(client):
     document = review(STORED, dashboard_put(STORED))
     document["request"]["object"]["spec"]["pad"] = "x" * (1024 * 1024)
     assert post(client, "/validate", document).status_code == 413
+
+
+@pytest.mark.parametrize("transfer_encoding", [None, "chunked"])
+@pytest.mark.parametrize("length", ["11", "011", "4", " 4", "4 ", "+4", "-1", "4_0", "\u0664", "", None, "99"])
+def test_the_body_is_read_as_werkzeug_reads_it(length, transfer_encoding):
+    """The Content-Length the apiserver sends is read without werkzeug; every other header as werkzeug reads it
+    (`int` would take "+4", "4_0" and an Arabic-Indic four, werkzeug takes none of them): as many bytes as
+    werkzeug's length says, or the stream as werkzeug hands it over when there is none."""
+    def environ() -> dict:
+        env = {"wsgi.input": io.BytesIO(b"hello world"), "wsgi.input_terminated": True}
+        if length is not None:
+            env["CONTENT_LENGTH"] = length
+        if transfer_encoding is not None:
+            env["HTTP_TRANSFER_ENCODING"] = transfer_encoding
+        return env
+
+    werkzeug_length = get_content_length(environ())
+    if werkzeug_length is None:
+        expected = get_input_stream(environ(), max_content_length=1024).read()
+    else:
+        expected = b"hello world"[:werkzeug_length]
+    assert _body(environ(), 1024) == expected
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "", "application/yaml"])

@@ -48,8 +48,13 @@ def _error(err: Exception, path: str) -> tuple[int, dict]:
 
 def _body(environ: dict, max_body: int) -> bytes:
     """The body as Flask reads it (werkzeug's limit, its 413), minus werkzeug's stream wrapper when the server
-    already ends the stream at a Content-Length within the limit."""
-    length = get_content_length(environ)
+    already ends the stream at a Content-Length within the limit. The apiserver's Content-Length, plain digits
+    without a Transfer-Encoding, is read here; werkzeug reads any other."""
+    header = environ.get("CONTENT_LENGTH", "")
+    if header.isascii() and header.isdigit() and "HTTP_TRANSFER_ENCODING" not in environ:
+        length: int | None = int(header)
+    else:
+        length = get_content_length(environ)
     if length is not None and length <= max_body and "wsgi.input_terminated" in environ:
         try:
             return environ["wsgi.input"].read(length)
