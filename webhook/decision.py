@@ -65,12 +65,16 @@ class Change:
 class Decision(NamedTuple):
     violation: bool
     reason: str  # one short phrase, for logs
-    dismissal: bool = False
     changes: tuple[Change, ...] = ()
     fields: tuple[str, ...] = ()  # the changes' paths, as logs, metrics and audit annotations name them
     request: Request | None = None  # a violation's, for its words
     config: Config | None = None
     labels: Labels = (MISSING, MISSING)
+
+    @property
+    def dismissal(self) -> bool:
+        """The write sets, changes or removes the read-message label."""
+        return self.labels[0] != self.labels[1]
 
     @property
     def patch(self) -> list[dict]:
@@ -89,8 +93,8 @@ class Decision(NamedTuple):
         return "" if self.request is None else restore_warning(self.request, self.changes)
 
 
-def _allow(reason: str, dismissal: bool = False) -> Decision:
-    return Decision(violation=False, reason=reason, dismissal=dismissal)
+def _allow(reason: str, labels: Labels = (MISSING, MISSING)) -> Decision:
+    return Decision(violation=False, reason=reason, labels=labels)
 
 
 def examined(req: Request) -> str | None:
@@ -122,23 +126,21 @@ def decide(req: Request, config: Config) -> Decision:
         return _allow("exempt writer")
     old, new = req.old, req.new
     labels = label_value(old, config.label), label_value(new, config.label)
-    dismissal = labels[0] != labels[1]
     changes = []
     for path in config.protected:
         before, after = lookup(old, path.keys), lookup(new, path.keys)
         if not same(before, after):
             changes.append(Change(path, old, new, before, after))
     if not changes:
-        return _allow("protected fields unchanged", dismissal)
+        return _allow("protected fields unchanged", labels)
     if not config.strict:
-        if not dismissal:
-            return _allow("not a dismissal", dismissal)
+        if labels[0] == labels[1]:
+            return _allow("not a dismissal", labels)
         if not same_except(old, new, config.aside):
-            return _allow("dismissal with other changes", dismissal)
+            return _allow("dismissal with other changes", labels)
     return Decision(
         True,
         "strict: protected field changed" if config.strict else "dismissal would change protected fields",
-        dismissal,
         tuple(changes),
         tuple([change.path.text for change in changes]),
         req,
