@@ -26,7 +26,7 @@ from prometheus_client.utils import floatToGoString
 
 from webhook.app import REVIEW_ERROR, REVIEW_OUTCOME
 from webhook.config import Config
-from webhook.tally import BUCKETS, DECISIONS, IN_FLIGHT, Layout, Tally, totals
+from webhook.tally import BUCKETS, DECISIONS, IN_FLIGHT, SUM, Layout, Tally, totals
 
 log = logging.getLogger("upgrade_guard.review")
 
@@ -90,9 +90,9 @@ class ReviewFigures(Collector):
         duration = HistogramMetricFamily("upgrade_guard_review_duration_seconds", "Time to answer an AdmissionReview",
                                          labels=["webhook"])
         for webhook, first in layout.durations.items():
-            counts = accumulate(sums[first:first + len(BUCKETS) + 1])
+            counts = accumulate(sums[first:first + SUM])
             buckets = [(floatToGoString(b), n) for b, n in zip(BUCKETS + (math.inf,), counts, strict=True)]
-            duration.add_metric([webhook], buckets, sum_value=sums[first + len(BUCKETS) + 1])
+            duration.add_metric([webhook], buckets, sum_value=sums[first + SUM])
         changes = CounterMetricFamily("upgrade_guard_protected_field_changes", "Protected fields a write would have "
                                       "changed, by field and what the guard did (denied the write or restored the "
                                       "field)", labels=["field", "action"])

@@ -42,33 +42,35 @@ def _finite(text: str) -> float:
     return value
 
 
-def _text(r: dict, key: str) -> str:
-    value = r.get(key)
-    return value if type(value) is str else ""
-
-
-def _map(r: dict, key: str) -> dict:
-    value = r.get(key)
-    return value if type(value) is dict else {}
-
-
 def _request(r: dict) -> Request:
-    """Leniently: a field of the wrong type reads as absent, and the decision then leaves the request alone."""
-    kind = _map(r, "kind")
-    user = _map(r, "userInfo")
+    """Leniently: a field of the wrong type reads as absent, and the decision then leaves the request alone.
+
+    Each field is read in line (`v if type(v := ...) is str else ""`) rather than by a helper: a call costs
+    more than the check, and this runs for every review."""
+    get = r.get
+    kind = v if type(v := get("kind")) is dict else {}
+    user = v if type(v := get("userInfo")) is dict else {}
     groups = user.get("groups")
+    name = v if type(v := get("name")) is str else ""
+    if not name:
+        obj = get("object")
+        metadata = obj.get("metadata") if type(obj) is dict else None
+        name = v if type(metadata) is dict and type(v := metadata.get("name")) is str else ""
+    subresource = v if type(v := get("subResource")) is str else ""
+    if not subresource:
+        subresource = v if type(v := get("requestSubResource")) is str else ""
     return Request(  # in the order of Request's fields
-        _text(r, "operation"),
-        _text(kind, "group"),
-        _text(kind, "kind"),
-        _text(r, "subResource") or _text(r, "requestSubResource"),
-        _text(r, "namespace"),
-        _text(r, "name") or _text(_map(_map(r, "object"), "metadata"), "name"),
-        _text(user, "username"),
-        tuple([g for g in groups if type(g) is str]) if type(groups) is list else (),
-        r.get("oldObject"),
-        r.get("object"),
-        r.get("dryRun") is True,
+        v if type(v := get("operation")) is str else "",
+        v if type(v := kind.get("group")) is str else "",
+        v if type(v := kind.get("kind")) is str else "",
+        subresource,
+        v if type(v := get("namespace")) is str else "",
+        name,
+        v if type(v := user.get("username")) is str else "",
+        tuple([group for group in groups if type(group) is str]) if type(groups) is list else (),
+        get("oldObject"),
+        get("object"),
+        get("dryRun") is True,
     )
 
 

@@ -21,6 +21,7 @@ DECISIONS = {"validate": ("allowed", "denied", "error"), "mutate": ("allowed", "
 ACTIONS = ("denied", "restored")
 IN_FLIGHT = 0  # the slot of the reviews being answered now, the same in every layout (see forget_in_flight)
 _DOUBLE = 8
+SUM = len(BUCKETS) + 1  # after a webhook's first duration slot: its buckets, +Inf, then the sum
 
 
 class Layout:
@@ -42,6 +43,12 @@ class Layout:
             for action in ACTIONS:
                 self.changes[field, action], slot = slot, slot + 1
         self.size = slot
+        # All a review's figures need, looked up once per review: its count, its webhook's first duration slot,
+        # and the slots of the fields it changed (for a denial or a restore).
+        self.slots: dict[tuple[str, str], tuple[int, int, dict[str, int]]] = {
+            (webhook, decision): (review, self.durations[webhook],
+                                  {field: self.changes[field, decision] for field in fields if decision in ACTIONS})
+            for (webhook, decision), review in self.reviews.items()}
 
     def bytes(self) -> int:
         return self.size * _DOUBLE
@@ -73,18 +80,17 @@ class Tally:
 
     def answered(self, webhook: str, decision: str, fields: tuple[str, ...], seconds: float, started: bool) -> None:
         """One review done: `started` when `started()` was counted for it."""
-        layout, values = self.layout, self._values
-        review = layout.reviews[webhook, decision]
-        bucket = layout.durations[webhook] + bisect_left(BUCKETS, seconds)  # the first bound >= seconds (`le`)
-        total = layout.durations[webhook] + len(BUCKETS) + 1
+        review, first, changes = self.layout.slots[webhook, decision]
+        bucket = first + bisect_left(BUCKETS, seconds)  # the first bound >= seconds (`le`)
+        values = self._values
         with self._lock:
             if started:
                 values[IN_FLIGHT] -= 1
             values[review] += 1
             values[bucket] += 1
-            values[total] += seconds
+            values[first + SUM] += seconds
             for field in fields:
-                values[layout.changes[field, decision]] += 1
+                values[changes[field]] += 1
 
 
 def totals(directory: Path, layout: Layout) -> list[float]:
