@@ -11,7 +11,7 @@ from functools import cache
 from typing import Callable
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import ClientDisconnected, HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 from werkzeug.wsgi import get_content_length, get_input_stream
 
@@ -49,7 +49,8 @@ def _error(err: Exception, path: str) -> tuple[int, dict]:
 def _body(environ: dict, max_body: int) -> bytes:
     """The body as Flask reads it (werkzeug's limit, its 413), minus werkzeug's stream wrapper when the server
     already ends the stream at a Content-Length within the limit. The apiserver's Content-Length, plain digits
-    without a Transfer-Encoding, is read here; werkzeug reads any other."""
+    without a Transfer-Encoding, is read here; werkzeug reads any other. A body without a length (chunked) that
+    goes past the limit is a 413, as one with a length is."""
     header = environ.get("CONTENT_LENGTH", "")
     if header.isascii() and header.isdigit() and "HTTP_TRANSFER_ENCODING" not in environ:
         length: int | None = int(header)
@@ -60,7 +61,14 @@ def _body(environ: dict, max_body: int) -> bytes:
             return environ["wsgi.input"].read(length)
         except (OSError, ValueError) as err:  # as werkzeug's stream answers a client gone mid-body
             raise ClientDisconnected() from err
-    return get_input_stream(environ, max_content_length=max_body).read()
+    if length is not None:  # over the limit (werkzeug's 413), or a stream the server does not end
+        return get_input_stream(environ, max_content_length=max_body).read()
+    # No length (a chunked body): werkzeug's stream stops at the limit without a word, so one byte more is
+    # asked for, and a body that has it is too large rather than cut short.
+    body = get_input_stream(environ, max_content_length=max_body + 1).read()
+    if len(body) > max_body:
+        raise RequestEntityTooLarge()
+    return body
 
 
 def _is_json(content_type: str) -> bool:
