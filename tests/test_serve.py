@@ -150,3 +150,24 @@ def test_idle_connections_outlive_the_apiserver_s_and_then_close(cert_dir):
         first.settimeout(10)
         assert first.recv(1) == b""  # the server closes it once idle for 2 s
         assert time.monotonic() < deadline
+
+
+def test_a_chunked_body_is_held_to_the_limit(cert_dir):
+    """Chunked framing (valid HTTP/1.1, though the apiserver sends a Content-Length): within --max-body the review
+    is answered, a byte past it is a 413, as with a Content-Length; never cut at the limit and read as less."""
+    document = json.dumps(review(STORED, dashboard_put(STORED))).encode()
+    limit = len(document) + 100
+    with Guard(cert_dir, "--workers", "1", "--max-body", str(limit)) as small:
+        for size, expected in ((limit, 200), (limit + 1, 413)):
+            body = document + b" " * (size - len(document))  # whitespace after the document: the same review
+            connection = small.connect()
+            connection.request("POST", "/validate", body=iter([body[i:i + 1000] for i in range(0, size, 1000)]),
+                               headers={"Content-Type": "application/json"}, encode_chunked=True)
+            answer = connection.getresponse()
+            document_back = json.loads(answer.read())
+            connection.close()
+            assert answer.status == expected, document_back
+            if expected == 200:
+                assert document_back["response"]["allowed"] is False
+            else:
+                assert document_back["reason"] == "RequestEntityTooLarge"
