@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
+import time
 
 import pytest
 from cryptography import x509
@@ -104,3 +105,35 @@ def test_a_missing_client_ca_file_stops_serve(cert_dir, tmp_path):
     from webhook.cli import main
 
     assert main(["serve", "--cert-dir", str(cert_dir), "--client-ca", str(tmp_path / "absent.crt")]) == 2
+
+
+def test_a_rotated_client_ca_is_trusted_without_a_restart(cert_dir, tmp_path):
+    """The cluster's client CA changes (a new apiserver PKI): the file is replaced, and new connections are
+    verified against the new CA within seconds; certificates of the old one no longer pass. No restart."""
+    old, new = certs.make_ca(), certs.make_ca()
+    ca_file = tmp_path / "client-ca.crt"
+    ca_file.write_bytes(old.cert_pem)
+    issued = {"old": client_certificate(old, tmp_path, "old-apiserver"),
+              "new": client_certificate(new, tmp_path, "new-apiserver")}
+
+    def answers(which: str) -> bool:
+        connection = running.connect(client_cert=issued[which])
+        try:
+            status, _, _ = connection.review("/validate", review(STORED, dashboard_put(STORED)))
+            return status == 200
+        except (ssl.SSLError, ConnectionResetError):
+            return False
+        finally:
+            connection.close()
+
+    with Guard(cert_dir, "--workers", "1", "--client-ca", str(ca_file)) as running:
+        assert answers("old") and not answers("new")
+        staged = tmp_path / "client-ca.crt.new"
+        staged.write_bytes(new.cert_pem)
+        staged.replace(ca_file)  # swapped at once, as kubelet swaps a mounted ConfigMap
+        deadline = time.monotonic() + 10
+        while not answers("new"):
+            assert time.monotonic() < deadline, "the new client CA was not trusted within 10 s"
+            time.sleep(0.2)
+        assert not answers("old")
+    FIGURES.add("client-ca cases", "client CA rotated without a restart")

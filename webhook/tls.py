@@ -1,8 +1,8 @@
 """The serving certificate: TLS settings, and a context that follows the files in the cert dir.
 
 gunicorn asks for an SSLContext for every new connection; we hand out one cached context and rebuild it
-when `tls.crt`/`tls.key` change (including kubelet's atomic swap of a mounted Secret's `..data` link),
-keeping the last good one while the files are half-written or broken.
+when `tls.crt`/`tls.key` or the client CA change (including kubelet's atomic swap of a mounted Secret's
+`..data` link), keeping the last good one while the files are half-written or broken.
 """
 
 from __future__ import annotations
@@ -47,12 +47,14 @@ class Loaded:
 
 
 class ServingCertificate:
-    """`DIR/tls.crt` and `DIR/tls.key`, reloaded when they change (checked at most every `interval` s)."""
+    """`DIR/tls.crt` and `DIR/tls.key`, and the client CA when there is one, reloaded when any of them changes
+    (checked at most every `interval` s): a rotated client CA is trusted without a restart, as a new pair is."""
 
     def __init__(self, cert_dir: str | Path, client_ca: str | Path | None = None, interval: float = 1.0):
         self.cert_file = Path(cert_dir) / CERT_FILE
         self.key_file = Path(cert_dir) / KEY_FILE
         self.client_ca = client_ca
+        self._files = (self.cert_file, self.key_file) + ((Path(client_ca),) if client_ca else ())
         self.interval = interval
         self._lock = threading.Lock()
         self._loaded: Loaded | None = None
@@ -63,7 +65,7 @@ class ServingCertificate:
 
     def _stat_signature(self) -> tuple | None:
         try:
-            return tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in map(os.stat, (self.cert_file, self.key_file)))
+            return tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in map(os.stat, self._files))
         except OSError:
             return None
 
@@ -78,7 +80,7 @@ class ServingCertificate:
             self._checked = now
             signature = self._stat_signature()
             if signature is None:
-                self.error = f"{self.cert_file} or {self.key_file} is missing"
+                self.error = f"{' or '.join(map(str, self._files))} is missing"
                 return self._loaded
             if signature == self._signature:
                 self.error = ""  # the files being served are back (after a moment of being missing)
@@ -97,7 +99,7 @@ class ServingCertificate:
                     signature = now  # swapped while being read (new cert, old key): read the new pair
                     continue
                 self._failed = signature
-                self.error = f"cannot load {self.cert_file}: {err}"
+                self.error = f"cannot load {' and '.join(map(str, self._files))}: {err}"
                 log.error("certificate not loaded, keeping the previous one", extra={"error": self.error})
                 return
             break
