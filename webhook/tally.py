@@ -37,7 +37,7 @@ class Layout:
         # Per webhook: the count in each bucket (not cumulative), the +Inf bucket, then the sum of the seconds.
         self.durations: dict[str, int] = {}
         for webhook in DECISIONS:
-            self.durations[webhook], slot = slot, slot + len(BUCKETS) + 2
+            self.durations[webhook], slot = slot, slot + SUM + 1
         self.changes: dict[tuple[str, str], int] = {}
         for field in fields:
             for action in ACTIONS:
