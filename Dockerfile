@@ -1,13 +1,17 @@
 # syntax=docker/dockerfile:1
-# upgrade-guard's image. The build stage installs the guard and its runtime dependencies into a virtualenv;
-# the final stage holds only Python and that virtualenv (no pip, no build tools, no tests), runs as a numeric
-# non-root user, and writes nothing at run time, so it runs with a read-only root file system.
+# upgrade-guard's image. The build stage compiles the review path (setup.py: mypyc, with the C compiler only
+# this stage has) and installs the guard and its runtime dependencies into a virtualenv; the final stage holds
+# only Python and that virtualenv (no pip, no compiler, no tests), runs as a numeric non-root user, and writes
+# nothing at run time, so it runs with a read-only root file system.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY webhook ./webhook
 # Bytecode compiled now, checked by hash rather than by file times: nothing to write when it runs.
 RUN python -m venv --without-pip /opt/upgrade-guard \

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from bench import micro
 from bench.workloads import Workload, workloads
+from tests import compiled
 from tests.guard import Guard
 from webhook import certs
 from webhook.settings import SERVE
@@ -160,12 +161,19 @@ def compare(wrk: str, guard: Server, ceiling: Server, workload: Workload, body_f
     }
 
 
+def check_reference(tree: Path) -> None:
+    """A tree runs as its sources say: plain Python, or compiled by its own build and no older than its sources."""
+    if not (tree / "webhook" / "__init__.py").is_file():
+        raise Failed(f"--reference {tree}: no webhook package there")
+    wrong = compiled.problems(tree)
+    if wrong:
+        raise Failed(f"--reference {tree}: {'; '.join(wrong)}: rebuild them in place (python setup.py build_ext "
+                     f"--inplace, in that tree) or delete its *.so files")
+
+
 def reference(tree: Path, scratch: Path, serve_args: list[str]) -> Server:
     """The guard of another source tree. `-P`: the current directory, which may hold this tree's `webhook`,
     must not come before that tree on the import path."""
-    tree = tree.resolve()
-    if not (tree / "webhook" / "__init__.py").is_file():
-        raise Failed(f"--reference {tree}: no webhook package there")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))}
     return Server("reference", scratch / "certs", [sys.executable, "-P", "-m", "webhook"], env, serve_args)
 
@@ -277,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
             files[workload.name] = scratch / f"body-{index}.json"
             files[workload.name].write_bytes(workload.body)
         try:
+            if compiled.unbuilt():  # the guard is measured as it is installed
+                raise Failed(f"{'; '.join(compiled.unbuilt())}: build them with pip install -e '.[test]'")
+            if args.reference:
+                args.reference = args.reference.resolve()
+                check_reference(args.reference)
             serve_args = shlex.split(args.serve_args)
             guard = Server("guard", scratch / "certs", None, env, serve_args)
             started.append(guard)

@@ -1,9 +1,25 @@
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
+from tests import compiled
 from tests.guard import Guard
 from webhook import certs
+
+REBUILD = "build them: .venv/bin/pip install -e '.[test]' (the README's test command does)"
+
+
+def pytest_configure(config):
+    """The tests run the modules as installed: compiled (setup.py), and from this tree's sources."""
+    wrong = compiled.unbuilt()
+    for module in compiled.COMPILED:
+        path = compiled.built(compiled.ROOT, module)
+        if path and importlib.import_module(f"webhook.{module}").__file__ != str(path):
+            wrong.append(f"webhook.{module} is imported from elsewhere than {path}")
+    if wrong:
+        raise pytest.UsageError(f"{'; '.join(wrong)}: {REBUILD}")
 
 
 @pytest.fixture(scope="session")

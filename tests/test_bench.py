@@ -55,8 +55,10 @@ def _bench(*args: str) -> subprocess.CompletedProcess:
 
 def test_a_reference_tree_is_measured_with_its_own_code(tmp_path):
     """`--reference TREE` serves that tree's guard, even though the benchmark runs in this tree's directory: a
-    tree whose guard lets the dismissal through is caught answering wrongly, an unchanged copy is measured."""
-    shutil.copytree(ROOT / "webhook", tmp_path / "same" / "webhook")
+    tree whose guard lets the dismissal through is caught answering wrongly, an unchanged copy is measured. The
+    copies are plain Python (their sources without this tree's compiled modules)."""
+    plain = shutil.ignore_patterns("*.so")
+    shutil.copytree(ROOT / "webhook", tmp_path / "same" / "webhook", ignore=plain)
     figures_file = tmp_path / "figures.json"
     done = _bench("--reference", str(tmp_path / "same"), "--json", str(figures_file))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -64,8 +66,19 @@ def test_a_reference_tree_is_measured_with_its_own_code(tmp_path):
     row = json.loads(figures_file.read_text())["load"][0]
     assert row["reference"]["rps"] > 0 and row["ratio"] > 0
 
-    shutil.copytree(ROOT / "webhook", tmp_path / "lenient" / "webhook")
+    shutil.copytree(ROOT / "webhook", tmp_path / "lenient" / "webhook", ignore=plain)
     decision = tmp_path / "lenient" / "webhook" / "decision.py"
     decision.write_text(decision.read_text().replace('KIND = "Upgrade"', 'KIND = "NotAnUpgrade"'))
     done = _bench("--reference", str(tmp_path / "lenient"))
     assert done.returncode == 1 and "reference answered dismissal, /validate (denied) wrongly" in done.stderr
+
+
+def test_a_reference_tree_with_stale_compiled_modules_is_refused(tmp_path):
+    """A compiled module older than its source would serve code the tree no longer has: refused before any run."""
+    shutil.copytree(ROOT / "webhook", tmp_path / "stale" / "webhook")  # compiled modules and their times too
+    shutil.copy2(next(ROOT.glob("webhook__mypyc.*")), tmp_path / "stale")
+    decision = tmp_path / "stale" / "webhook" / "decision.py"
+    decision.write_text(decision.read_text().replace('KIND = "Upgrade"', 'KIND = "NotAnUpgrade"'))
+    done = _bench("--reference", str(tmp_path / "stale"))
+    assert done.returncode == 1 and "webhook/decision is older than its source" in done.stderr, done.stderr[-2000:]
+    assert "measured:" not in done.stderr

@@ -74,6 +74,8 @@ def test_multi_stage_and_the_final_stage_holds_the_runtime_only():
     installs = [rest for instruction, rest in BUILD if instruction == "RUN" and "pip install" in rest]
     assert installs and all(re.search(r"\s\.(\s|$)", r) and "[" not in r for r in installs), \
         "the build stage must install the guard itself, without extras such as [test]"
+    assert any("apt-get install" in rest and " gcc " in f"{rest} " for instruction, rest in BUILD
+               if instruction == "RUN"), "the build stage needs a C compiler: setup.py compiles the review path"
     copies = [rest for instruction, rest in FINAL if instruction == "COPY"]
     assert copies == ["--from=build /opt/upgrade-guard /opt/upgrade-guard"], "the final stage takes only the venv"
     runs = [rest for instruction, rest in FINAL if instruction == "RUN"]
@@ -119,7 +121,9 @@ PATTERNS = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines()
 
 @pytest.mark.parametrize("path", [".git/config", ".venv/bin/python", "tests/test_serve.py", "certs/tls.key",
                                   "manifests/kustomization.yaml", "webhook/__pycache__/cli.cpython-311.pyc",
-                                  ".ci/run", "examples/dismissal-review.json"])
+                                  ".ci/run", "examples/dismissal-review.json", "build/__native_webhook.c",
+                                  "webhook/values.cpython-311-x86_64-linux-gnu.so",
+                                  "webhook__mypyc.cpython-311-x86_64-linux-gnu.so"])
 def test_dockerignore_keeps_out_what_the_image_must_not_hold(path):
     assert dockerignored(path, PATTERNS)
 
@@ -128,7 +132,7 @@ def test_dockerignore_lets_in_every_file_the_build_copies():
     sources = [s for instruction, rest in BUILD if instruction == "COPY" for s in rest.split()[:-1]]
     files = [p.relative_to(ROOT).as_posix() for s in sources for p in
              ([ROOT / s] if (ROOT / s).is_file() else (ROOT / s).rglob("*.py"))]
-    assert "webhook/cli.py" in files and "pyproject.toml" in files
+    assert "webhook/cli.py" in files and "pyproject.toml" in files and "setup.py" in files
     assert not [f for f in files if dockerignored(f, PATTERNS)]
 
 

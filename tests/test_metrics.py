@@ -9,7 +9,7 @@ import types
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from webhook.app import REVIEW_ERROR, REVIEW_OUTCOME
+from webhook.endpoint import REVIEW_ERROR, REVIEW_OUTCOME
 from webhook.config import Config
 from webhook.metrics import Instrumented
 from webhook.multiproc import MetricsDirectory

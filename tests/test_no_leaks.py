@@ -11,7 +11,7 @@ import time
 from tests.corpus import TRACES
 from tests.figures import FIGURES
 from tests.guard import Guard
-from tests.upgrades import dashboard_put, finished_upgrade, kubectl_label, review
+from tests.upgrades import broken_config, dashboard_put, finished_upgrade, kubectl_label, review
 
 MARKER = "leak-marker-7f3a9c"  # put into every object and bad body; must never reach a log line
 ENCODED = base64.b64encode(MARKER.encode()).decode()
@@ -64,15 +64,10 @@ def test_logs_hold_no_objects_secrets_or_keys(cert_dir, tmp_path):
     FIGURES.set("log lines checked for leaks", len(lines))
 
 
-def test_an_unexpected_error_tells_the_client_nothing(monkeypatch, caplog):
-    from webhook import app as app_module
-    from webhook.config import Config
+def test_an_unexpected_error_tells_the_client_nothing(caplog):
+    from webhook.app import create_app
 
-    def broken(*_args):
-        raise ValueError(f"/srv/webhook/decision.py line 9: {MARKER}")
-
-    monkeypatch.setattr(app_module, "respond", broken)
-    client = app_module.create_app(Config()).test_client()
+    client = create_app(broken_config(ValueError(f"/srv/webhook/decision.py line 9: {MARKER}"))).test_client()
     stored = finished_upgrade()
     answer = client.post("/validate", json=review(stored, dashboard_put(stored)))
     body = answer.get_data(as_text=True)

@@ -64,7 +64,8 @@ def _request(old, new, user, groups) -> dict:
 def _validate_allows(request: dict, config: Config) -> bool:
     """/validate's own answer (the function the endpoint serves), for this config."""
     answer, _ = respond("validate", Review.parse(json.dumps({"apiVersion": "admission.k8s.io/v1",
-                                                             "kind": "AdmissionReview", "request": request})), config)
+                                                             "kind": "AdmissionReview", "request": request}).encode()),
+                                 config)
     return answer["response"]["allowed"]
 
 

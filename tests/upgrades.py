@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import uuid
 
+from webhook.config import Config
+
 LABEL = "harvesterhci.io/read-message"
 CONTROLLER = "system:serviceaccount:harvester-system:harvester"
 ADMIN = "admin"  # what Rancher's Steve proxy impersonates: the logged-in user
@@ -107,3 +109,13 @@ def review(old: dict | None, new: dict | None, *, user: str = ADMIN, groups: tup
         request["subResource"] = subresource
         request["requestSubResource"] = subresource
     return {"apiVersion": api_version, "kind": "AdmissionReview", "request": request}
+
+
+def broken_config(error: Exception) -> Config:
+    """A configuration the decision breaks on for every write it examines: how a test stands for a bug in it."""
+
+    class Broken(Config):
+        def is_exempt(self, user: str, groups: tuple[str, ...]) -> bool:
+            raise error
+
+    return Broken()

@@ -5,7 +5,7 @@ Pure: no I/O, no web framework, no globals. Everything the guard promises is dec
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 from webhook.config import Config, FieldPath
 from webhook.values import describe, lookup, same, same_except
@@ -30,8 +30,8 @@ class Request(NamedTuple):
     name: str
     user: str
     groups: tuple[str, ...]
-    old: object
-    new: object
+    old: Any  # the stored and the written object: any JSON value as sent (`examined` wants two maps)
+    new: Any
     dry_run: bool = False
 
 
@@ -124,7 +124,7 @@ def decide(req: Request, config: Config) -> Decision:
         return _allow(skipped)
     if config.is_exempt(req.user, req.groups):
         return _allow("exempt writer")
-    old, new = req.old, req.new
+    old, new = cast(dict, req.old), cast(dict, req.new)  # maps: `examined` said so
     labels = label_value(old, config.label), label_value(new, config.label)
     changes = []
     for path in config.protected:

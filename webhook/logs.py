@@ -53,22 +53,23 @@ def info(logger: logging.Logger, message: str, fields: dict) -> None:
     """
     if not logger.isEnabledFor(logging.INFO):
         return
-    handlers = []
+    writers = []
     node: logging.Logger | None = logger
     while node is not None:
         if node.filters:
             return logger.info(message, extra=fields)
         for handler in node.handlers:
-            if (type(handler) is not logging.StreamHandler or not isinstance(handler.formatter, JsonFormatter)
-                    or handler.filters):
+            formatter, lock = handler.formatter, handler.lock
+            if (type(handler) is not logging.StreamHandler or not isinstance(formatter, JsonFormatter)
+                    or lock is None or handler.filters):
                 return logger.info(message, extra=fields)
             if handler.level <= logging.INFO:
-                handlers.append(handler)
+                writers.append((handler, formatter, lock))
         node = node.parent if node.propagate else None
     created = time.time()
-    for handler in handlers:
-        text = handler.formatter.line(created, "INFO", logger.name, message, fields) + handler.terminator
-        with handler.lock:
+    for handler, formatter, lock in writers:
+        text = formatter.line(created, "INFO", logger.name, message, fields) + handler.terminator
+        with lock:
             try:
                 handler.stream.write(text)
                 handler.stream.flush()

@@ -24,7 +24,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from webhook.app import REVIEW_ERROR, REVIEW_OUTCOME
+from webhook.endpoint import REVIEW_ERROR, REVIEW_OUTCOME
 from webhook.config import Config
 from webhook.tally import BUCKETS, DECISIONS, IN_FLIGHT, SUM, Layout, Tally, totals
 

@@ -22,19 +22,17 @@ _PLAIN = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orj
 def is_empty(value: object) -> bool:
     if value is None:
         return True
-    kind = type(value)
-    if kind is list:
+    if type(value) is list:
         return not value
-    if kind is not dict:
+    if type(value) is not dict:
         return False
     for inner in value.values():
         if inner is None:
             continue
-        inner_kind = type(inner)
-        if inner_kind is list:
+        if type(inner) is list:
             if inner:
                 return False
-        elif inner_kind is not dict or not is_empty(inner):
+        elif type(inner) is not dict or not is_empty(inner):
             return False
     return True
 
@@ -47,8 +45,7 @@ def same(a: object, b: object) -> bool:
         return is_empty(a)
     if a is None:
         return is_empty(b)
-    kind = type(a)
-    if kind is type(b) and (kind is dict or kind is list) and _identical(a, b):
+    if ((type(a) is dict and type(b) is dict) or (type(a) is list and type(b) is list)) and _identical(a, b):
         return True
     return _same(a, b)
 
@@ -68,11 +65,9 @@ def _identical(a: dict | list, b: dict | list) -> bool:
 def _same(a: object, b: object) -> bool:
     if a is b:
         return True
-    ta, tb = type(a), type(b)
-    if ta is dict and tb is dict:
-        get = b.get
+    if type(a) is dict and type(b) is dict:
         for key, va in a.items():
-            vb = get(key)
+            vb = b.get(key)
             kind = type(va)
             if kind is type(vb) and kind is not dict and kind is not list:
                 if va is not vb and va != vb:
@@ -83,14 +78,19 @@ def _same(a: object, b: object) -> bool:
             if key not in a and not is_empty(vb):
                 return False
         return True
-    if ta is list and tb is list:
-        return len(a) == len(b) and all(map(_same, a, b))
-    if ta is tb:
+    if type(a) is list and type(b) is list:
+        if len(a) != len(b):
+            return False
+        for va, vb in zip(a, b):
+            if not _same(va, vb):
+                return False
+        return True
+    if type(a) is type(b):
         return a == b
     empty_a, empty_b = is_empty(a), is_empty(b)
     if empty_a or empty_b:
         return empty_a and empty_b
-    return ta in _NUMBER and tb in _NUMBER and a == b
+    return type(a) in _NUMBER and type(b) in _NUMBER and a == b
 
 
 class Aside(NamedTuple):
@@ -116,11 +116,10 @@ def same_except(a: object, b: object, aside: Aside) -> bool:
     for key, inner in aside.inside:
         if not same_except(a.get(key), b.get(key), inner):
             return False
-    get = b.get
     for key, va in a.items():
         if key in members:
             continue
-        vb = get(key)
+        vb = b.get(key)
         kind = type(va)
         if kind is type(vb) and kind is not dict and kind is not list:
             if va is not vb and va != vb:
