@@ -5,7 +5,7 @@ Pure: no I/O, no web framework, no globals. Everything the guard promises is dec
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from webhook.config import Config, FieldPath
 from webhook.values import describe, lookup, same, same_except
@@ -16,11 +16,11 @@ MISSING = object()
 Labels = tuple[object, object]  # the read-message label's value in the stored and in the written object, or MISSING
 
 
-class Request(NamedTuple):
+class Request:
     """The parts of an admission request the decision needs, already taken out of the review.
 
-    A named tuple, like Decision: one of each is made for every review the apiserver waits on, and a tuple
-    is made at a tenth of a frozen dataclass's cost."""
+    A plain class, as Decision: compiled (setup.py), one is made for every review at C speed, where a named
+    tuple's constructor is Python the interpreter runs."""
 
     operation: str
     group: str
@@ -32,7 +32,13 @@ class Request(NamedTuple):
     groups: tuple[str, ...]
     old: Any  # the stored and the written object: any JSON value as sent (`examined` wants two maps)
     new: Any
-    dry_run: bool = False
+    dry_run: bool
+
+    def __init__(self, operation: str, group: str, kind: str, subresource: str, namespace: str, name: str,
+                 user: str, groups: tuple[str, ...], old: Any, new: Any, dry_run: bool = False) -> None:
+        self.operation, self.group, self.kind, self.subresource = operation, group, kind, subresource
+        self.namespace, self.name, self.user, self.groups = namespace, name, user, groups
+        self.old, self.new, self.dry_run = old, new, dry_run
 
 
 class Change:
@@ -62,14 +68,23 @@ class Change:
         return restore_op(self.path, self.old, self.new)
 
 
-class Decision(NamedTuple):
+class Decision:
     violation: bool
     reason: str  # one short phrase, for logs
-    changes: tuple[Change, ...] = ()
-    fields: tuple[str, ...] = ()  # the changes' paths, as logs, metrics and audit annotations name them
-    request: Request | None = None  # a violation's, for its words
-    config: Config | None = None
-    labels: Labels = (MISSING, MISSING)
+    changes: tuple[Change, ...]
+    fields: tuple[str, ...]  # the changes' paths, as logs, metrics and audit annotations name them
+    request: Request | None  # a violation's, for its words
+    config: Config | None
+    labels: Labels
+
+    def __init__(self, violation: bool, reason: str, changes: tuple[Change, ...] = (), request: Request | None = None,
+                 config: Config | None = None, labels: Labels = (MISSING, MISSING)) -> None:
+        self.violation, self.reason, self.changes = violation, reason, changes
+        self.fields = tuple([change.path.text for change in changes])
+        self.request, self.config, self.labels = request, config, labels
+
+    def __repr__(self) -> str:
+        return f"Decision({self.violation}, {self.reason!r}, {self.fields})"
 
     @property
     def dismissal(self) -> bool:
@@ -142,7 +157,6 @@ def decide(req: Request, config: Config) -> Decision:
         True,
         "strict: protected field changed" if config.strict else "dismissal would change protected fields",
         tuple(changes),
-        tuple([change.path.text for change in changes]),
         req,
         config,
         labels,

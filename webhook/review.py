@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import math
-from typing import NamedTuple
 
 from webhook import jsoncodec
 from webhook.decision import Request
@@ -74,14 +73,15 @@ def _request(r: dict) -> Request:
     )
 
 
-class Review(NamedTuple):
-    """An AdmissionReview as sent: what it is answered with, and what the decision needs of its request.
-
-    A named tuple: one is made for every review the apiserver waits on."""
+class Review:
+    """An AdmissionReview as sent: what it is answered with, and what the decision needs of its request."""
 
     api_version: str
     uid: str
     request: Request
+
+    def __init__(self, api_version: str, uid: str, request: Request) -> None:
+        self.api_version, self.uid, self.request = api_version, uid, request
 
     @classmethod
     def parse(cls, body: bytes) -> Review:
