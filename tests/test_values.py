@@ -102,3 +102,20 @@ def test_same_except_ignores_exactly_what_is_set_aside(a, data):
     b = data.draw(near(a))
     for x, y in ((a, b), ({"b": a, "c": b}, {"b": b, "c": b}), ({"a": a, "b": {"c": {"b": a}}}, {"b": {"c": {}}})):
         assert same_except(x, y, Aside.of(ASIDE)) == same_except_by_definition(x, y, ASIDE), (x, y)
+
+
+def test_the_walk_takes_every_depth_the_parser_accepts():
+    """Compiled (setup.py), the walk recurses on the C stack, with no recursion limit of its own: what bounds it
+    is the parser (orjson stops at 1024 levels, json at the interpreter's recursion limit). Both hold here, and
+    the deepest document they accept compares in a thread, as a worker's threads compare it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from webhook import jsoncodec
+
+    with pytest.raises((RecursionError, ValueError)):
+        jsoncodec.loads(b"[" * 1100 + b"]" * 1100)
+    deepest = b"[" * 1024 + b"]" * 1024
+    a, b = jsoncodec.loads(deepest), jsoncodec.loads(deepest.replace(b"[]", b"[1]"))
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(same, a, a).result() and not pool.submit(same, a, b).result()
+        assert pool.submit(same_except, {"x": a}, {"x": b}, Aside.of({"x": None})).result()
