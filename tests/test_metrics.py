@@ -9,8 +9,8 @@ import types
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from webhook.endpoint import REVIEW_ERROR, REVIEW_OUTCOME
 from webhook.config import Config
+from webhook.endpoint import REVIEW_ERROR, REVIEW_OUTCOME
 from webhook.metrics import Instrumented
 from webhook.multiproc import MetricsDirectory
 from webhook.tally import BUCKETS, IN_FLIGHT, Layout, Tally, path_of, totals
@@ -156,7 +156,18 @@ def test_counting_that_fails_never_fails_the_review(tmp_path, caplog):
 
 
 def test_in_flight_goes_down_only_when_it_went_up(tmp_path):
-    layer = Instrumented(_recording(("allowed", ())), Config(), lambda: None, tmp_path)
-    layer.tally.started = lambda: 1 / 0  # the increment fails, the decrement must not happen
+    """A start that could not be counted is not taken back when the review ends."""
+    working = []
+
+    def repairing(environ, start_response):  # the figures can be written again by the time the review ends
+        layer.tally._values = working[0]
+        return _recording(("allowed", ()))(environ, start_response)
+
+    layer = Instrumented(repairing, Config(), lambda: None, tmp_path)
+    working.append(layer.tally._values)
+    broken = memoryview(bytearray(8)).cast("d")
+    broken.release()
+    layer.tally._values = broken  # the increment fails, the decrement must not happen
     _call(layer, "/validate")
     assert _scrape(layer)["upgrade_guard_requests_in_flight[]"] == 0
+    assert _scrape(layer)["upgrade_guard_reviews_total[('decision', 'allowed'), ('webhook', 'validate')]"] == 1

@@ -95,21 +95,30 @@ class Tally:
 
 def totals(directory: Path, layout: Layout) -> list[float]:
     """Every figure summed over the files of all workers, dead ones included (a dead worker's in-flight slot
-    is zeroed by the master). A file shorter than the layout is one being made: it holds nothing yet."""
+    is zeroed by the master)."""
     sums = [0.0] * layout.size
     for path in directory.glob("reviews_*.db"):
-        try:
-            with open(path, "rb") as file:
-                if os.fstat(file.fileno()).st_size != layout.bytes():
-                    continue
-                with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                    # Read in place, a double at a time, as the writers store them: never half a value.
-                    values = memoryview(mapped).cast("d")
-                    sums = [a + b for a, b in zip(sums, values, strict=True)]
-                    values.release()
-        except FileNotFoundError:  # the directory emptied under us
-            continue
+        figures = _figures(path, layout)
+        if figures is not None:
+            sums = [a + b for a, b in zip(sums, figures, strict=True)]
     return sums
+
+
+def _figures(path: Path, layout: Layout) -> list[float] | None:
+    """One worker's figures; None for a file shorter than the layout (one being made: it holds nothing yet),
+    or one gone (the directory emptied under us)."""
+    try:
+        with open(path, "rb") as file:
+            if os.fstat(file.fileno()).st_size != layout.bytes():
+                return None
+            with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                # Read in place, a double at a time, as the writers store them: never half a value.
+                values = memoryview(mapped).cast("d")
+                figures = [float(value) for value in values]
+                values.release()
+                return figures
+    except FileNotFoundError:
+        return None
 
 
 def forget_in_flight(directory: Path, pid: int) -> None:
