@@ -33,10 +33,10 @@ from bench import ceiling
 from bench.workloads import workloads
 from webhook.app import create_app
 from webhook.config import Config
+from webhook.gunicorn_environ import for_the_app
 from webhook.logs import logging_dict
 from webhook.metrics import Instrumented
 from webhook.multiproc import MetricsDirectory
-from webhook.server import _for_the_app
 
 LAYERS = ("ceiling: parse, answer allowed", "guard: decision and answer, no log line",
           "guard: + the review's log line", "guard: + metrics and the environ adapter (as served)")
@@ -54,9 +54,9 @@ def stack(layer: int) -> Callable[[], bytes]:
     logging.disable(logging.INFO if layer == 1 else logging.NOTSET)
 
     config = Config()
-    app = create_app(config)
-    instrumented = _for_the_app(Instrumented(app, config, lambda: None, metrics.path), False)
-    served = (ceiling.answer, app, app, instrumented)[layer]
+    endpoint = create_app(config).wsgi_app  # what the worker serves, as GuardServer.load takes it
+    instrumented = for_the_app(Instrumented(endpoint, config, lambda: None, metrics.path), False)
+    served = (ceiling.answer, endpoint, endpoint, instrumented)[layer]
     workload = workloads()[0]
 
     def review() -> bytes:

@@ -20,11 +20,10 @@ from pathlib import Path
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
-from gunicorn.http.errors import ParseException
-from werkzeug.exceptions import BadRequest, ClientDisconnected, RequestTimeout
 
 from webhook.app import create_app
 from webhook.config import Config
+from webhook.gunicorn_environ import for_the_app
 from webhook.logs import logging_dict
 from webhook.metrics import Instrumented
 from webhook.multiproc import MetricsDirectory
@@ -74,54 +73,6 @@ class DrainingArbiter(Arbiter):
 def _tmp_dir() -> str | None:
     """Worker heartbeat files: /dev/shm is writable under a read-only root file system and never hits disk."""
     return "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-
-
-class _Body:
-    """gunicorn's request body, where what goes wrong while reading it is the client's fault: a 4xx, not a 500.
-
-    gunicorn parses a chunked body only as the app reads it, so a broken chunk surfaces inside the app, as
-    does a body that stops coming (the worker's socket timeout) or a client that goes away.
-    """
-
-    def __init__(self, body):
-        self._body = body
-
-    def _read(self, method, *args):
-        try:
-            return method(*args)
-        except ParseException as err:
-            raise BadRequest(f"the request body is not valid HTTP/1.1 framing: {type(err).__name__}") from None
-        except TimeoutError:
-            raise RequestTimeout("the request body did not arrive in time") from None
-        except OSError:
-            raise ClientDisconnected() from None
-
-    def read(self, *args):
-        return self._read(self._body.read, *args)
-
-    def readline(self, *args):
-        return self._read(self._body.readline, *args)
-
-    def readlines(self, *args):
-        return self._read(self._body.readlines, *args)
-
-    def __iter__(self):
-        return iter(self.readline, b"")
-
-
-def _for_the_app(app, client_cert_required: bool):
-    """gunicorn's environ as the app expects it: the body as `_Body`, and, when client certificates are
-    required, mod_ssl's SSL_CLIENT_VERIFY read from the TLS socket gunicorn puts in the environ.
-
-    The context verifies a certificate the client presents (or fails the handshake), so one that is
-    there is verified.
-    """
-    def adapted(environ, start_response):
-        if client_cert_required:
-            environ["SSL_CLIENT_VERIFY"] = "SUCCESS" if environ["gunicorn.socket"].getpeercert() else "NONE"
-        environ["wsgi.input"] = _Body(environ["wsgi.input"])
-        return app(environ, start_response)
-    return adapted
 
 
 def _settled(_worker) -> None:
@@ -219,5 +170,6 @@ class GuardServer(BaseApplication):
     def load(self):
         assert self.metrics is not None, "the app is loaded by workers, which `run` starts"
         app = create_app(self.config, self._problem, self.max_body, self.client_cert_required)
-        instrumented = Instrumented(app, self.config, self._not_after, self.metrics.path)
-        return _for_the_app(instrumented, self.client_cert_required)
+        # The endpoint in front of Flask, without Flask's __call__ (which only calls it) between them.
+        instrumented = Instrumented(app.wsgi_app, self.config, self._not_after, self.metrics.path)
+        return for_the_app(instrumented, self.client_cert_required)
