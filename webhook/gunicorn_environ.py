@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Iterator
 from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import BadRequest, ClientDisconnected, RequestTimeout
 
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+from webhook.endpoint import WSGIApp
 
 
 class Body:

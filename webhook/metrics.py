@@ -25,8 +25,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from webhook.endpoint import REVIEW_ERROR, REVIEW_OUTCOME
 from webhook.config import Config
+from webhook.endpoint import REVIEW_ERROR, REVIEW_OUTCOME
 from webhook.tally import BUCKETS, DECISIONS, IN_FLIGHT, SUM, Layout, Tally, totals
 
 log = logging.getLogger("upgrade_guard.review")
