@@ -13,7 +13,6 @@ import logging
 import math
 import os
 import time
-from functools import partial
 from itertools import accumulate
 from pathlib import Path
 from typing import Callable, Iterable
@@ -68,7 +67,7 @@ class GuardProcesses(Collector):
         master = os.getppid()
         merged: dict[str, Metric] = {}
         for pid, role in [(master, "master")] + [(pid, "worker") for pid in _workers(master)]:
-            for family in ProcessCollector(pid=partial(str, pid), registry=None).collect():
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
                 into = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
                 for sample in family.samples:
                     into.add_sample(sample.name, {**sample.labels, "role": role, "pid": str(pid)}, sample.value)
