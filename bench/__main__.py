@@ -162,13 +162,13 @@ def compare(wrk: str, guard: Server, ceiling: Server, workload: Workload, body_f
 
 
 def check_reference(tree: Path) -> None:
-    """A tree runs as its sources say: plain Python, or compiled by its own build and no older than its sources."""
+    """A tree runs as it is installed: plain Python, or compiled by its own build, no older than its sources."""
     if not (tree / "webhook" / "__init__.py").is_file():
         raise Failed(f"--reference {tree}: no webhook package there")
     wrong = compiled.problems(tree)
     if wrong:
-        raise Failed(f"--reference {tree}: {'; '.join(wrong)}: rebuild them in place (python setup.py build_ext "
-                     f"--inplace, in that tree) or delete its *.so files")
+        raise Failed(f"--reference {tree}: {'; '.join(wrong)}: build them in that tree (python3 -m venv .venv && "
+                     f".venv/bin/pip install -q -e .)")
 
 
 def reference(tree: Path, scratch: Path, serve_args: list[str]) -> Server:
@@ -285,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
             files[workload.name] = scratch / f"body-{index}.json"
             files[workload.name].write_bytes(workload.body)
         try:
-            if compiled.unbuilt():  # the guard is measured as it is installed
-                raise Failed(f"{'; '.join(compiled.unbuilt())}: build them with pip install -e '.[test]'")
+            unbuilt = compiled.problems(compiled.ROOT)
+            if unbuilt:  # the guard is measured as it is installed
+                raise Failed(f"{'; '.join(unbuilt)}: build them with pip install -e '.[test]'")
             if args.reference:
                 args.reference = args.reference.resolve()
                 check_reference(args.reference)

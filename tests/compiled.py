@@ -11,7 +11,6 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPILED = tuple(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["upgrade-guard"]["compiled"])
 LIBRARY = "webhook__mypyc"  # the code of every compiled module, at the tree's root; each module loads it by name
 
 
@@ -22,10 +21,22 @@ def built(tree: Path, module: str) -> Path | None:
     return found[0] if found else None
 
 
+def listed(tree: Path) -> tuple[str, ...]:
+    """The modules `tree`'s own pyproject.toml has compiled; none for a tree from before they were, or without one."""
+    pyproject = tree / "pyproject.toml"
+    if not pyproject.is_file():
+        return ()
+    return tuple(tomllib.loads(pyproject.read_text()).get("tool", {}).get("upgrade-guard", {}).get("compiled", ()))
+
+
+COMPILED = listed(ROOT)
+
+
 def problems(tree: Path) -> list[str]:
-    """What is wrong with the compiled modules `tree` holds, if any: one older than its source, or modules
-    without the library that holds their code. A tree without any runs as plain Python, which is no problem."""
-    found = []
+    """What keeps `tree` from running as it is installed: a module its pyproject.toml compiles that is not
+    compiled, one older than its source, or modules without the library that holds their code. A tree whose
+    pyproject.toml compiles nothing (or a bare package) runs as plain Python, as installed."""
+    found = [f"webhook/{module} is not compiled" for module in listed(tree) if not built(tree, module)]
     for module in sorted({path.name.split(".")[0] for path in (tree / "webhook").glob("*.so")}):
         source, compiled = tree / "webhook" / f"{module}.py", built(tree, module)
         if compiled and source.exists() and compiled.stat().st_mtime < source.stat().st_mtime:
@@ -33,8 +44,3 @@ def problems(tree: Path) -> list[str]:
     if not built(tree, LIBRARY) and any((tree / "webhook").glob("*.so")):
         found.append(f"compiled modules without {LIBRARY} beside them")
     return found
-
-
-def unbuilt() -> list[str]:
-    """What keeps this tree from running as installed: every module of `COMPILED` compiled, none stale."""
-    return problems(ROOT) + [f"webhook/{module} is not compiled" for module in COMPILED if not built(ROOT, module)]

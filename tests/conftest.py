@@ -13,7 +13,7 @@ REBUILD = "build them: .venv/bin/pip install -e '.[test]' (the README's test com
 
 def pytest_configure(config):
     """The tests run the modules as installed: compiled (setup.py), and from this tree's sources."""
-    wrong = compiled.unbuilt()
+    wrong = compiled.problems(compiled.ROOT)
     for module in compiled.COMPILED:
         path = compiled.built(compiled.ROOT, module)
         if path and importlib.import_module(f"webhook.{module}").__file__ != str(path):

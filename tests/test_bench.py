@@ -73,8 +73,9 @@ def test_a_reference_tree_is_measured_with_its_own_code(tmp_path):
     assert done.returncode == 1 and "reference answered dismissal, /validate (denied) wrongly" in done.stderr
 
 
-def test_a_reference_tree_with_stale_compiled_modules_is_refused(tmp_path):
-    """A compiled module older than its source would serve code the tree no longer has: refused before any run."""
+def test_a_reference_tree_that_does_not_run_as_installed_is_refused(tmp_path):
+    """A compiled module older than its source would serve code the tree no longer has, and a tree without the
+    modules its pyproject.toml compiles would run as plain Python: both refused before any run."""
     shutil.copytree(ROOT / "webhook", tmp_path / "stale" / "webhook")  # compiled modules and their times too
     shutil.copy2(next(ROOT.glob("webhook__mypyc.*")), tmp_path / "stale")
     decision = tmp_path / "stale" / "webhook" / "decision.py"
@@ -82,3 +83,9 @@ def test_a_reference_tree_with_stale_compiled_modules_is_refused(tmp_path):
     done = _bench("--reference", str(tmp_path / "stale"))
     assert done.returncode == 1 and "webhook/decision is older than its source" in done.stderr, done.stderr[-2000:]
     assert "measured:" not in done.stderr
+
+    # A tree that compiles its review path, checked out without building it, would be measured as plain Python.
+    shutil.copytree(ROOT / "webhook", tmp_path / "unbuilt" / "webhook", ignore=shutil.ignore_patterns("*.so"))
+    shutil.copy2(ROOT / "pyproject.toml", tmp_path / "unbuilt")
+    done = _bench("--reference", str(tmp_path / "unbuilt"))
+    assert done.returncode == 1 and "webhook/values is not compiled" in done.stderr, done.stderr[-2000:]
