@@ -1,4 +1,4 @@
-"""Reviews are answered in front of Flask (webhook/app.py `_reviews_first`): the answers must stay Flask's."""
+"""Reviews are answered in front of Flask (webhook/endpoint.py, `Endpoint`): the answers must stay Flask's."""
 
 from __future__ import annotations
 
