@@ -35,7 +35,7 @@ from webhook.app import create_app
 from webhook.config import Config
 from webhook.gunicorn_environ import for_the_app
 from webhook.logs import logging_dict
-from webhook.metrics import Instrumented
+from webhook.metrics import instrumented
 from webhook.multiproc import MetricsDirectory
 
 LAYERS = ("ceiling: parse, answer allowed", "guard: decision and answer, no log line",
@@ -55,8 +55,8 @@ def stack(layer: int) -> Callable[[], bytes]:
 
     config = Config()
     endpoint = create_app(config).wsgi_app  # what the worker serves, as GuardServer.load takes it
-    instrumented = for_the_app(Instrumented(endpoint, config, lambda: None, metrics.path), False)
-    served = (ceiling.answer, endpoint, endpoint, instrumented)[layer]
+    whole = for_the_app(instrumented(endpoint, config, lambda: None, metrics.path), False)
+    served = (ceiling.answer, endpoint, endpoint, whole)[layer]
     workload = workloads()[0]
 
     def review() -> bytes:

@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from webhook.config import Config
 from webhook.endpoint import REVIEW_ERROR, REVIEW_OUTCOME
-from webhook.metrics import Instrumented
+from webhook.instrument import Instrumented
+from webhook.metrics import instrumented
 from webhook.multiproc import MetricsDirectory
 from webhook.tally import BUCKETS, IN_FLIGHT, Layout, Tally, path_of, totals
 
@@ -116,10 +117,10 @@ def _scrape(layer: Instrumented) -> dict[str, float]:
 
 def test_reviews_are_counted_timed_and_served(tmp_path):
     config = Config()
-    denying = Instrumented(_recording(("denied", FIELDS)), config, lambda: None, tmp_path)
+    denying = instrumented(_recording(("denied", FIELDS)), config, lambda: None, tmp_path)
     assert _call(denying, "/validate") == b"answer"
     _call(denying, "/validate")
-    _call(Instrumented(_recording(("restored", FIELDS)), config, lambda: None, tmp_path), "/mutate")
+    _call(instrumented(_recording(("restored", FIELDS)), config, lambda: None, tmp_path), "/mutate")
     _call(denying, "/healthz", "GET")  # not a review: passed on, not counted
     _call(denying, "/validate", "GET")
     samples = _scrape(denying)
@@ -139,7 +140,7 @@ def test_reviews_are_counted_timed_and_served(tmp_path):
 
 
 def test_a_review_without_a_decision_is_an_error_and_logged(tmp_path, caplog):
-    layer = Instrumented(_recording(None, (413, "too big")), Config(), lambda: None, tmp_path)
+    layer = instrumented(_recording(None, (413, "too big")), Config(), lambda: None, tmp_path)
     with caplog.at_level(logging.WARNING, "upgrade_guard.review"):
         _call(layer, "/mutate")
     assert _scrape(layer)["upgrade_guard_reviews_total[('decision', 'error'), ('webhook', 'mutate')]"] == 1
@@ -148,7 +149,7 @@ def test_a_review_without_a_decision_is_an_error_and_logged(tmp_path, caplog):
 
 
 def test_counting_that_fails_never_fails_the_review(tmp_path, caplog):
-    layer = Instrumented(_recording(("denied", FIELDS)), Config(), lambda: None, tmp_path)
+    layer = instrumented(_recording(("denied", FIELDS)), Config(), lambda: None, tmp_path)
     layer.tally._values.release()  # every write now raises, as a broken mapping would
     with caplog.at_level(logging.ERROR, "upgrade_guard.review"):
         assert _call(layer, "/validate") == b"answer"
@@ -163,7 +164,7 @@ def test_in_flight_goes_down_only_when_it_went_up(tmp_path):
         layer.tally._values = working[0]
         return _recording(("allowed", ()))(environ, start_response)
 
-    layer = Instrumented(repairing, Config(), lambda: None, tmp_path)
+    layer = instrumented(repairing, Config(), lambda: None, tmp_path)
     working.append(layer.tally._values)
     broken = memoryview(bytearray(8)).cast("d")
     broken.release()

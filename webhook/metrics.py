@@ -1,18 +1,16 @@
 """Prometheus metrics: what the guard decided, how long it took, what it kept, when its certificate ends.
 
-A thin WSGI layer around the app counts every review and serves `GET /metrics`; the app only leaves its
-decision in the WSGI environ (`REVIEW_OUTCOME`), so counting costs a few additions into shared memory per
-review and never touches an object. Each worker counts into its own file (see `tally`), so whichever worker
+A thin WSGI layer around the app (`instrument`) counts every review and serves `GET /metrics`; the app only
+leaves its decision in the WSGI environ, so counting costs a few additions into shared memory per review and
+never touches an object. Each worker counts into its own file (see `tally`), so whichever worker
 answers a scrape reports the sums of all of them; prometheus-client writes the exposition.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import math
 import os
-import time
 from itertools import accumulate
 from pathlib import Path
 from typing import Callable, Iterable
@@ -25,12 +23,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from webhook.config import Config
-from webhook.endpoint import REVIEW_ERROR, REVIEW_OUTCOME
-from webhook.tally import BUCKETS, DECISIONS, IN_FLIGHT, SUM, Layout, Tally, totals
-
-log = logging.getLogger("upgrade_guard.review")
-
-PATH = "/metrics"
+from webhook.endpoint import WSGIApp
+from webhook.instrument import Instrumented
+from webhook.tally import BUCKETS, IN_FLIGHT, SUM, Layout, Tally, totals
 
 
 class CertificateExpiry(Collector):
@@ -103,49 +98,13 @@ class ReviewFigures(Collector):
         return [reviews, duration, changes, in_flight]
 
 
-class Instrumented:
-    """The app, with every review counted and timed, and `/metrics` served beside it."""
-
-    def __init__(self, app: Callable, config: Config, not_after: Callable[[], dt.datetime | None], directory: Path):
-        self.app = app
-        layout = Layout(tuple(str(path) for path in config.protected))
-        self.tally = Tally(directory, os.getpid(), layout)
-        registry = CollectorRegistry()
-        registry.register(ReviewFigures(directory, layout))
-        registry.register(CertificateExpiry(not_after))
-        registry.register(GuardProcesses())
-        PlatformCollector(registry=registry)
-        self.exposition = make_wsgi_app(registry)
-
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == PATH:
-            return self.exposition(environ, start_response)
-        webhook = path[1:]
-        if webhook not in DECISIONS or environ.get("REQUEST_METHOD") != "POST":
-            return self.app(environ, start_response)
-        started = time.perf_counter()
-        counted = self._guarded(self.tally.started)
-        try:
-            return self.app(environ, start_response)
-        finally:
-            self._guarded(self._record, webhook, environ, started, counted)
-
-    def _record(self, webhook: str, environ: dict, started: float, counted: bool) -> None:
-        seconds = time.perf_counter() - started
-        decision, fields = environ.get(REVIEW_OUTCOME) or ("error", ())
-        self.tally.answered(webhook, decision, fields, seconds, counted)
-        if decision == "error":
-            status, message = environ.get(REVIEW_ERROR) or (500, "no answer")
-            log.warning("review failed", extra={"webhook": webhook, "decision": decision, "status": status,
-                                                "error": message, "duration_ms": round(seconds * 1000, 3)})
-
-    @staticmethod
-    def _guarded(action: Callable, *args) -> bool:
-        """Metrics must never fail a write to the cluster: a broken metrics file is logged, the answer stands."""
-        try:
-            action(*args)
-        except Exception:
-            log.exception("metrics not recorded")
-            return False
-        return True
+def instrumented(app: WSGIApp, config: Config, not_after: Callable[[], dt.datetime | None],
+                 directory: Path) -> Instrumented:
+    """`app` with every review counted into this worker's tally in `directory`, and `/metrics` served beside it."""
+    layout = Layout(tuple(str(path) for path in config.protected))
+    registry = CollectorRegistry()
+    registry.register(ReviewFigures(directory, layout))
+    registry.register(CertificateExpiry(not_after))
+    registry.register(GuardProcesses())
+    PlatformCollector(registry=registry)
+    return Instrumented(app, Tally(directory, os.getpid(), layout), make_wsgi_app(registry))

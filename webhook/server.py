@@ -25,7 +25,7 @@ from webhook.app import create_app
 from webhook.config import Config
 from webhook.gunicorn_environ import for_the_app
 from webhook.logs import logging_dict
-from webhook.metrics import Instrumented
+from webhook.metrics import instrumented
 from webhook.multiproc import MetricsDirectory
 from webhook.tls import CERT_FILE, KEY_FILE, ServingCertificate
 from webhook.worker import GuardWorker
@@ -171,5 +171,5 @@ class GuardServer(BaseApplication):
         assert self.metrics is not None, "the app is loaded by workers, which `run` starts"
         app = create_app(self.config, self._problem, self.max_body, self.client_cert_required)
         # The endpoint in front of Flask, without Flask's __call__ (which only calls it) between them.
-        instrumented = Instrumented(app.wsgi_app, self.config, self._not_after, self.metrics.path)
-        return for_the_app(instrumented, self.client_cert_required)
+        counted = instrumented(app.wsgi_app, self.config, self._not_after, self.metrics.path)
+        return for_the_app(counted, self.client_cert_required)
