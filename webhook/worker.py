@@ -9,6 +9,11 @@ a new connection) to arrive and be answered, or its connection is closed, with a
 Idle kept-alive connections are gthread's own: they wait in the poller up to `keepalive` seconds.
 `worker_connections` caps the connections of one worker, collected requests included.
 
+Connections are shared out among the workers: after each accept a worker leaves the listening socket to the
+others for a moment, longer the more connections it holds, so the least busy worker takes the next one. Left
+to the kernel, whichever worker wakes first takes a whole burst (the apiserver opens its connections together
+and keeps them), and one process, one core, then answers everything while the others idle.
+
 Requests gunicorn's parser refuses get a Kubernetes Status document, like every other answer.
 """
 
@@ -32,6 +37,7 @@ from webhook.review import status_document
 
 RECV_SIZE = 256 * 1024
 MIN_IO_TIMEOUT = 0.5  # what a thread may still wait on the socket when the request's time is (almost) up
+ACCEPT_PAUSE = 0.001  # seconds a worker leaves new connections to the others, per connection it holds
 
 # What the parser refuses and the 4xx the guard answers (everything else it refuses is a 400). gunicorn
 # answers a transfer coding it does not know with 501; a webhook is only ever sent identity or chunked
@@ -73,6 +79,7 @@ class GuardWorker(ThreadWorker):
         self.request_timeout = self.app.request_timeout
         self.max_body = self.app.max_body
         self.collecting: dict[GuardConnection, None] = {}  # an ordered set
+        self.resume_accepting = 0.0  # until then (monotonic), new connections are left to the other workers
 
     def accept(self, listener) -> bool:
         """Take one waiting connection; False when none was waiting."""
@@ -84,12 +91,18 @@ class GuardWorker(ThreadWorker):
             return False
         self.nr_conns += 1
         self._collect(GuardConnection(self.cfg, client_sock, client_addr, listener.getsockname()))
+        if self.alive and self.cfg.workers > 1:
+            self.resume_accepting = time.monotonic() + ACCEPT_PAUSE * self.nr_conns
+            self.set_accept_enabled(False)
         return True
 
     def set_accept_enabled(self, enabled: bool) -> None:
         """When the worker stops: take (and answer, with Connection: close) what already waits in the listen
         queue, then close its copy of the listening socket. Once every process has, a new connection is
-        refused at once rather than queued and reset when the last worker exits."""
+        refused at once rather than queued and reset when the last worker exits.
+        Not before `resume_accepting`: gthread's loop asks again when its wait ends (`wait_for_and_dispatch_events`)."""
+        if enabled and time.monotonic() < self.resume_accepting:
+            return
         super().set_accept_enabled(enabled)
         if enabled or self.alive:
             return  # the connection cap was reached: accepting resumes later
@@ -97,6 +110,11 @@ class GuardWorker(ThreadWorker):
             while self.accept(listener):
                 pass
             listener.close()
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """gthread's wait, cut short when this worker is to take connections again before it ends."""
+        pause = self.resume_accepting - time.monotonic()
+        super().wait_for_and_dispatch_events(min(timeout, pause) if pause > 0 else timeout)
 
     def on_client_socket_readable(self, conn, client) -> None:
         """A kept-alive connection has the next request's first bytes (or its end)."""
