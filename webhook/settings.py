@@ -128,7 +128,7 @@ SERVE = (
     Setting("cert-dir", "directory holding tls.crt and tls.key", "certs"),
     Setting("bind", "HOST:PORT to listen on", "0.0.0.0:8443"),
     Setting("workers", "worker processes (Python runs one thread at a time in each: processes, not threads, "
-            "use the cores)", 3, _positive(int)),
+            "use the cores; more processes than cores only take turns, slower)", 2, _positive(int)),
     Setting("threads", "threads per worker (connections beyond them wait, kept alive, in the poller)", 2,
             _positive(int)),
     Setting("max-body", "largest AdmissionReview accepted, in bytes (suffixes Ki, Mi)", 8 * 1024**2, _size),
