@@ -37,7 +37,7 @@ from webhook.review import status_document
 
 RECV_SIZE = 256 * 1024
 MIN_IO_TIMEOUT = 0.5  # what a thread may still wait on the socket when the request's time is (almost) up
-ACCEPT_PAUSE = 0.001  # seconds a worker leaves new connections to the others, per connection it holds
+ACCEPT_PAUSE = 0.002  # seconds a worker leaves new connections to the others, per connection it holds
 
 # What the parser refuses and the 4xx the guard answers (everything else it refuses is a 400). gunicorn
 # answers a transfer coding it does not know with 501; a webhook is only ever sent identity or chunked
@@ -69,6 +69,15 @@ class GuardConnection(TConn):
     def init(self) -> None:
         """gthread calls this in the thread right before parsing: bound what is left to read and write."""
         self.sock.settimeout(max(self.deadline - time.monotonic(), MIN_IO_TIMEOUT))
+
+    def close(self, graceful: bool = False) -> None:
+        """Never raises. gthread counts a connection out, closes it, and counts it out again if closing raised:
+        a graceful close of a socket already closed (a client gone mid-answer) raises, and the worker would
+        then hold connections beyond --max-connections, and take more than its share (`accept`)."""
+        try:
+            super().close(graceful)
+        except OSError:
+            util.close(self.sock)
 
 
 class GuardWorker(ThreadWorker):
