@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from webhook.config import Config
 from webhook.decision import Decision, decide
 from webhook.review import Review
 
-WEBHOOKS = ("validate", "mutate")
+WEBHOOKS: Final[tuple[str, ...]] = ("validate", "mutate")
 
 
 def outcome(webhook: str, decision: Decision) -> str:

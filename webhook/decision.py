@@ -5,14 +5,14 @@ Pure: no I/O, no web framework, no globals. Everything the guard promises is dec
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from webhook.config import Config, FieldPath
 from webhook.values import describe, lookup, same, same_except
 
-GROUP = "harvesterhci.io"
-KIND = "Upgrade"
-MISSING = object()
+GROUP: Final = "harvesterhci.io"
+KIND: Final = "Upgrade"
+MISSING: Final = object()
 Labels = tuple[object, object]  # the read-message label's value in the stored and in the written object, or MISSING
 
 

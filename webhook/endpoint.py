@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import cache
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Final, Iterable
 
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
@@ -21,14 +20,14 @@ from webhook.admission import WEBHOOKS, outcome, respond
 from webhook.config import Config
 from webhook.review import BadReview, Review, status_document
 
-log = logging.getLogger("upgrade_guard.review")
+log: Final = logging.getLogger("upgrade_guard.review")
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 # What a review came to, left in the WSGI environ for the metrics layer: (decision, protected fields), and
 # for an error answer (HTTP status, message).
-REVIEW_OUTCOME = "upgrade_guard.outcome"
-REVIEW_ERROR = "upgrade_guard.error"
+REVIEW_OUTCOME: Final = "upgrade_guard.outcome"
+REVIEW_ERROR: Final = "upgrade_guard.error"
 
 
 def error_answer(err: Exception, path: str) -> tuple[int, dict[str, Any]]:
@@ -74,10 +73,8 @@ def is_json(content_type: str) -> bool:
     return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
 
 
-@cache
-def _status_line(code: int) -> str:
-    """`200 OK`: the few codes a review is answered with, spelt once."""
-    return f"{code} {HTTP_STATUS_CODES.get(code, 'unknown').upper()}"
+# `200 OK`: the status line of every code werkzeug knows, spelt once.
+_STATUS_LINES: Final = {code: f"{code} {text.upper()}" for code, text in HTTP_STATUS_CODES.items()}
 
 
 class Endpoint:
@@ -105,7 +102,8 @@ class Endpoint:
         if code != 200:
             environ[REVIEW_ERROR] = (code, document["message"])
         body = jsoncodec.dumps(document)
-        start_response(_status_line(code), [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        start_response(_STATUS_LINES.get(code) or f"{code} UNKNOWN", headers)
         return [body]
 
     def review(self, webhook: str, environ: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Final, Iterable
 
 from webhook.endpoint import REVIEW_ERROR, REVIEW_OUTCOME, WSGIApp
 from webhook.tally import DECISIONS, Tally
 
-log = logging.getLogger("upgrade_guard.review")
+log: Final = logging.getLogger("upgrade_guard.review")
 
-PATH = "/metrics"
+PATH: Final = "/metrics"
 
 
 class Instrumented:

@@ -9,15 +9,15 @@ written by it.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Final
 
 import orjson
 
-_DIGITS = bytes.maketrans(b"0123456789", b"\x01" * 10)
-_LONG_NUMBER = b"\x01" * 19  # 18 digits always fit in 64 bits; 19 may not
+_DIGITS: Final = bytes.maketrans(b"0123456789", b"\x01" * 10)
+_LONG_NUMBER: Final = b"\x01" * 19  # 18 digits always fit in 64 bits; 19 may not
 
 
-def loads(body: bytes | str, **exact: Any) -> object:
+def loads(body: bytes | str, exact: dict[str, Any] | None = None) -> object:
     """The document in `body`; `exact` are `json.loads` arguments for the bodies orjson does not take."""
     raw = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
     if _LONG_NUMBER not in raw.translate(_DIGITS):
@@ -25,7 +25,7 @@ def loads(body: bytes | str, **exact: Any) -> object:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             pass
-    return json.loads(body, **exact)
+    return json.loads(body, **(exact or {}))
 
 
 def dumps(document: object, default: Callable[[Any], Any] | None = None) -> bytes:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from itertools import islice
+from typing import Final
 
 from webhook import jsoncodec
 
-_RECORD = list(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
-_STANDARD = set(_RECORD) | {"message", "asctime", "taskName"}
-_MILLISECONDS = tuple(f".{n:03d}+00:00" for n in range(1000))  # a line's time ends with one of them
+_RECORD: Final = list(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+_STANDARD: Final = set(_RECORD) | {"message", "asctime", "taskName"}
+_MILLISECONDS: Final = tuple(f".{n:03d}+00:00" for n in range(1000))  # a line's time ends with one of them
 
 # The lines show neither the caller nor the thread or process: spare every record looking them up (the logging
 # HOWTO's "Optimization" advice). A review's line is written while the apiserver waits.

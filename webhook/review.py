@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import base64
 import math
+from typing import Final
 
 from webhook import jsoncodec
 from webhook.decision import Request
 
-API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
+API_VERSIONS: Final[tuple[str, ...]] = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 
 
 class BadReview(ValueError):
@@ -39,6 +40,9 @@ def _finite(text: str) -> float:
     if math.isinf(value):
         raise BadReview(f"the number {text[:40]} is out of range")
     return value
+
+
+_EXACT: Final = {"parse_constant": _reject_constant, "parse_float": _finite}  # for the bodies `json` parses
 
 
 def _request(r: dict) -> Request:
@@ -86,7 +90,7 @@ class Review:
     @classmethod
     def parse(cls, body: bytes) -> Review:
         try:
-            document = jsoncodec.loads(body, parse_constant=_reject_constant, parse_float=_finite)
+            document = jsoncodec.loads(body, _EXACT)
         except BadReview:
             raise
         except RecursionError:

@@ -14,14 +14,16 @@ import os
 import threading
 from bisect import bisect_left
 from pathlib import Path
+from typing import Final
 
 # Reviews take well under a millisecond to a few; the apiserver gives up after timeoutSeconds (at most 30).
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-DECISIONS = {"validate": ("allowed", "denied", "error"), "mutate": ("allowed", "restored", "error")}
-ACTIONS = ("denied", "restored")
-IN_FLIGHT = 0  # the slot of the reviews being answered now, the same in every layout (see forget_in_flight)
-_DOUBLE = 8
-SUM = len(BUCKETS) + 1  # after a webhook's first duration slot: its buckets, +Inf, then the sum
+BUCKETS: Final[tuple[float, ...]] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                                     10.0, 30.0)
+DECISIONS: Final = {"validate": ("allowed", "denied", "error"), "mutate": ("allowed", "restored", "error")}
+ACTIONS: Final[tuple[str, ...]] = ("denied", "restored")
+IN_FLIGHT: Final = 0  # the slot of the reviews being answered now, the same in every layout (see forget_in_flight)
+_DOUBLE: Final = 8
+SUM: Final = len(BUCKETS) + 1  # after a webhook's first duration slot: its buckets, +Inf, then the sum
 
 
 class Layout:

@@ -7,12 +7,13 @@ same value; `true` is not `1` (Python's `==` says it is).
 from __future__ import annotations
 
 import re
-from functools import lru_cache
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
-_NUMBER = (int, float)
-_WORD_START = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
-_PLURAL = re.compile(r"(ses|s)$")
+_NUMBER: Final[tuple[type, ...]] = (int, float)
+_WORD_START: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_PLURAL: Final = re.compile(r"(ses|s)$")
+_WORDS: Final[dict[tuple[str, int], str]] = {}  # (key, count) -> its words, see `_words`
+_REMEMBERED: Final = 1024
 
 
 def is_empty(value: object) -> bool:
@@ -125,18 +126,18 @@ def lookup(obj: object, keys: tuple[str, ...]) -> object:
     return obj
 
 
-@lru_cache(maxsize=1024)
-def _counted(key: str, count: int) -> str:
-    """`nodeStatuses`, 3 -> `3 node statuses`; `conditions`, 1 -> `1 condition`: a status has few keys, and the
-    same ones in every review, so these are remembered (for short keys only, see `_words`)."""
-    words = _WORD_START.sub(" ", key).lower()
-    if count == 1:
-        words = _PLURAL.sub(lambda m: "s" if m.group(1) == "ses" else "", words)
-    return f"{count} {words}"
-
-
 def _words(key: str, count: int) -> str:
-    return _counted(key, count) if len(key) <= 64 else _counted.__wrapped__(key, count)
+    """`nodeStatuses`, 3 -> `3 node statuses`; `conditions`, 1 -> `1 condition`. A status has few keys, and the
+    same ones in every review: the words are remembered (for short keys, and up to `_REMEMBERED` of them)."""
+    words = _WORDS.get((key, count))
+    if words is None:
+        words = _WORD_START.sub(" ", key).lower()
+        if count == 1:
+            words = _PLURAL.sub(lambda m: "s" if m.group(1) == "ses" else "", words)
+        words = f"{count} {words}"
+        if len(key) <= 64 and len(_WORDS) < _REMEMBERED:
+            _WORDS[key, count] = words
+    return words
 
 
 def _contents(value: dict) -> str:
