@@ -68,7 +68,7 @@ def test_a_reference_tree_is_measured_with_its_own_code(tmp_path):
 
     shutil.copytree(ROOT / "webhook", tmp_path / "lenient" / "webhook", ignore=plain)
     decision = tmp_path / "lenient" / "webhook" / "decision.py"
-    decision.write_text(decision.read_text().replace('KIND = "Upgrade"', 'KIND = "NotAnUpgrade"'))
+    decision.write_text(decision.read_text().replace('KIND: Final = "Upgrade"', 'KIND: Final = "NotAnUpgrade"'))
     done = _bench("--reference", str(tmp_path / "lenient"))
     assert done.returncode == 1 and "reference answered dismissal, /validate (denied) wrongly" in done.stderr
 
@@ -79,7 +79,7 @@ def test_a_reference_tree_that_does_not_run_as_installed_is_refused(tmp_path):
     shutil.copytree(ROOT / "webhook", tmp_path / "stale" / "webhook")  # compiled modules and their times too
     shutil.copy2(next(ROOT.glob("webhook__mypyc.*")), tmp_path / "stale")
     decision = tmp_path / "stale" / "webhook" / "decision.py"
-    decision.write_text(decision.read_text().replace('KIND = "Upgrade"', 'KIND = "NotAnUpgrade"'))
+    decision.write_text(decision.read_text().replace('KIND: Final = "Upgrade"', 'KIND: Final = "NotAnUpgrade"'))
     done = _bench("--reference", str(tmp_path / "stale"))
     assert done.returncode == 1 and "webhook/decision is older than its source" in done.stderr, done.stderr[-2000:]
     assert "measured:" not in done.stderr
