@@ -176,6 +176,27 @@ class Guard:
                 raise RuntimeError(f"workers are {pids}, not {count} new ones:\n" + "\n".join(self.lines[-20:]))
             time.sleep(0.05)
 
+    def connections(self) -> list[int]:
+        """How many established connections to the guard's port each worker holds, as /proc says."""
+        established = set()
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == self.port and fields[3] == "01":
+                established.add(f"socket:[{fields[9]}]")
+        held = []
+        for pid in self.workers():
+            descriptors = Path(f"/proc/{pid}/fd")
+            held.append(sum(os.readlink(descriptors / fd) in established for fd in os.listdir(descriptors)))
+        return held
+
+    def until_connections(self, total: int, timeout: float = 10) -> None:
+        """Wait until the workers hold `total` connections together (accepted, or seen closed)."""
+        deadline = time.monotonic() + timeout
+        while sum(self.connections()) != total:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the workers hold {self.connections()} connections, not {total} in all")
+            time.sleep(0.01)
+
     def worker_memory(self) -> list[int]:
         """Resident memory of each worker, in bytes."""
         sizes = []

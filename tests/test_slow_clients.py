@@ -142,7 +142,7 @@ def test_clients_that_vanish_are_counted_out_once(cert_dir):
             sock.sendall(request)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset, no goodbye
             sock.close()
-        time.sleep(0.5)
+        guard.until_connections(0)  # the worker saw them all go
         held = [_tls(guard) for _ in range(3)]
         waiting = socket.create_connection(("127.0.0.1", guard.port), timeout=1.5)
         context = ssl.create_default_context(cafile=str(guard.cert_dir / "ca.crt"))
