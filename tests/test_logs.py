@@ -64,3 +64,15 @@ def test_any_other_handler_or_filter_gets_the_record_logging_makes():
     logger.addFilter(lambda record: record.decision != "denied")
     logs.info(logger, "review", FIELDS)
     assert len(lines(stream)) == 1, "a filter is obeyed"
+
+
+def test_a_line_without_fields_and_one_whose_fields_name_a_head_member():
+    formatter = JsonFormatter()
+    bare = json.loads(formatter.line(0.5, "INFO", "upgrade_guard", 'say "hi"', {}))
+    assert bare == {"time": "1970-01-01T00:00:00.500+00:00", "level": "info", "logger": "upgrade_guard",
+                    "msg": 'say "hi"'}
+    # As in the merged map `{"time": ..., "level": ..., **fields}`: the field's value, in the head member's place.
+    text = formatter.line(0.5, "WARNING", "upgrade_guard", "m", {"a": 1, "level": "custom"})
+    assert text.count('"level"') == 1
+    assert list(json.loads(text).items()) == [("time", "1970-01-01T00:00:00.500+00:00"), ("level", "custom"),
+                                              ("logger", "upgrade_guard"), ("msg", "m"), ("a", 1)]

@@ -16,6 +16,8 @@ from webhook.tally import DECISIONS, Tally
 log: Final = logging.getLogger("upgrade_guard.review")
 
 PATH: Final = "/metrics"
+_WEBHOOKS: Final = {f"/{webhook}": webhook for webhook in DECISIONS}  # a review's path -> its webhook
+_clock: Final = time.perf_counter
 
 
 class Instrumented:
@@ -33,10 +35,10 @@ class Instrumented:
         path = environ.get("PATH_INFO", "")
         if path == PATH:
             return self.exposition(environ, start_response)
-        webhook = path[1:]
-        if webhook not in DECISIONS or environ.get("REQUEST_METHOD") != "POST":
+        webhook = _WEBHOOKS.get(path)
+        if webhook is None or environ.get("REQUEST_METHOD") != "POST":
             return self.app(environ, start_response)
-        started = time.perf_counter()
+        started = _clock()
         counted = True
         try:
             self.tally.started()
@@ -47,7 +49,7 @@ class Instrumented:
             return self.app(environ, start_response)
         finally:
             try:
-                self._record(webhook, environ, time.perf_counter() - started, counted)
+                self._record(webhook, environ, _clock() - started, counted)
             except Exception:
                 log.exception("metrics not recorded")
 

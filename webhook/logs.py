@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from itertools import islice
-from typing import Final
+from typing import Any, Final
 
 from webhook import jsoncodec
 
 _RECORD: Final = list(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
 _STANDARD: Final = set(_RECORD) | {"message", "asctime", "taskName"}
-_MILLISECONDS: Final = tuple(f".{n:03d}+00:00" for n in range(1000))  # a line's time ends with one of them
+_MILLISECONDS: Final = tuple(f".{n:03d}+00:00".encode() for n in range(1000))  # a time ends with one of them
+_HEAD: Final[tuple[str, ...]] = ("time", "level", "logger", "msg")  # every line's first members, in this order
+_HEADS_REMEMBERED: Final = 256
 
 # The lines show neither the caller nor the thread or process: spare every record looking them up (the logging
 # HOWTO's "Optimization" advice). A review's line is written while the apiserver waits.
@@ -22,7 +24,12 @@ logging.logMultiprocessing = False
 
 
 class JsonFormatter(logging.Formatter):
-    _second: tuple[int, str] = (-1, "")  # the last second written and its text: lines come many to a second
+    _second: tuple[int, bytes] = (-1, b"")  # the last second written and its text: lines come many to a second
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (level, logger, message) -> the line's JSON from the end of its time to the end of its message
+        self._heads: dict[tuple[str, str, str], bytes] = {}
 
     def format(self, record: logging.LogRecord) -> str:
         # A record's own attributes come first, in a fixed order: look for extras only after them.
@@ -33,15 +40,28 @@ class JsonFormatter(logging.Formatter):
         return self.line(record.created, record.levelname, record.name, record.getMessage(), fields)
 
     def line(self, created: float, level: str, logger: str, message: str, fields: dict) -> str:
-        return jsoncodec.dumps({"time": self._time(created), "level": level.lower(), "logger": logger,
-                                "msg": message, **fields}, default=str).decode()
+        """`{"time": ..., "level": ..., "logger": ..., "msg": ..., **fields}` as JSON. The fields are written on
+        their own and joined to the rest, which repeats from line to line: no merged copy of them is made."""
+        for key in _HEAD:
+            if key in fields:  # an extra named like a head member takes its place, as in the merged map
+                return jsoncodec.dumps({"time": self._time(created).decode(), "level": level.lower(),
+                                        "logger": logger, "msg": message, **fields}, default=str).decode()
+        head = self._heads.get((level, logger, message))
+        if head is None:
+            head = b'","level":%s,"logger":%s,"msg":%s' % (
+                jsoncodec.dumps(level.lower()), jsoncodec.dumps(logger), jsoncodec.dumps(message))
+            if len(self._heads) < _HEADS_REMEMBERED:  # the guard's own lines; a record's message may vary
+                self._heads[level, logger, message] = head
+        rest = jsoncodec.dumps(fields, default=str)
+        return b"".join((b'{"time":"', self._time(created), head, b"," if len(rest) > 2 else b"",
+                         rest[1:])).decode()
 
-    def _time(self, created: float) -> str:
+    def _time(self, created: float) -> bytes:
         """ISO 8601 in UTC to the millisecond: `2025-03-10T10:09:34.123+00:00`."""
         second, text = self._second
         if int(created) != second:
             second = int(created)
-            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
             self._second = (second, text)
         return text + _MILLISECONDS[int((created - second) * 1000)]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-from bisect import bisect_left
 from pathlib import Path
 from typing import Final
 
@@ -83,7 +82,11 @@ class Tally:
     def answered(self, webhook: str, decision: str, fields: tuple[str, ...], seconds: float, started: bool) -> None:
         """One review done: `started` when `started()` was counted for it."""
         review, first, changes = self.layout.slots[webhook, decision]
-        bucket = first + bisect_left(BUCKETS, seconds)  # the first bound >= seconds (`le`)
+        bucket = first  # the first bound >= seconds (`le`), else +Inf
+        for bound in BUCKETS:
+            if seconds <= bound:
+                break
+            bucket += 1
         values = self._values
         with self._lock:
             if started:
