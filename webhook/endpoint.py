@@ -29,6 +29,8 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 REVIEW_OUTCOME: Final = "upgrade_guard.outcome"
 REVIEW_ERROR: Final = "upgrade_guard.error"
 
+_clock: Final = time.perf_counter
+
 
 def error_answer(err: Exception, path: str) -> tuple[int, dict[str, Any]]:
     """An HTTP error answered as itself; anything else logged (for the operator) and answered as a bare 500."""
@@ -111,7 +113,7 @@ class Endpoint:
         if self.client_cert_required and environ.get("SSL_CLIENT_VERIFY") != "SUCCESS":
             return 401, status_document(401, "Unauthorized",
                                         "a client certificate signed by the client CA is required")
-        started = time.perf_counter()
+        started = _clock()
         content_type = environ.get("CONTENT_TYPE", "")
         if type(content_type) is not str or not is_json(content_type):
             return 415, status_document(415, "UnsupportedMediaType",
@@ -129,6 +131,6 @@ class Endpoint:
         logs.info(log, "review", {
             "uid": parsed.uid, "webhook": webhook, "decision": decided, "reason": decision.reason,
             "user": req.user, "object": f"{req.namespace}/{req.name}", "fields": list(fields),
-            "dry_run": req.dry_run, "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            "dry_run": req.dry_run, "duration_ms": round((_clock() - started) * 1e6) / 1000,  # to the µs
         })
         return 200, answer

@@ -40,14 +40,19 @@ def same(a: object, b: object) -> bool:
     if a is b:
         return True
     if type(a) is dict and type(b) is dict:
+        shared = 0  # keys of `a` that `b` has: when they are all of b's, b has nothing more to look at
         for key, va in a.items():
             vb = b.get(key)
+            if vb is not None or key in b:
+                shared += 1
             kind = type(va)
             if kind is type(vb) and kind is not dict and kind is not list:
                 if va is not vb and va != vb:
                     return False
             elif not same(va, vb):
                 return False
+        if shared == len(b):
+            return True
         for key, vb in b.items():
             if key not in a and not is_empty(vb):
                 return False
@@ -90,16 +95,23 @@ def same_except(a: object, b: object, aside: Aside) -> bool:
     for key, inner in aside.inside:
         if not same_except(a.get(key), b.get(key), inner):
             return False
+    shared = 0  # as in `same`
     for key, va in a.items():
         if key in members:
+            if key in b:
+                shared += 1
             continue
         vb = b.get(key)
+        if vb is not None or key in b:
+            shared += 1
         kind = type(va)
         if kind is type(vb) and kind is not dict and kind is not list:
             if va is not vb and va != vb:
                 return False
         elif not same(va, vb):
             return False
+    if shared == len(b):
+        return True
     for key, vb in b.items():
         if key not in a and key not in members and not is_empty(vb):
             return False
