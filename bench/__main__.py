@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -141,6 +142,21 @@ def median(runs: list[dict], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Where the median of what was sampled lies, at `confidence` or more, assuming nothing of the noise's shape:
+    the k-th smallest and k-th largest values, k the largest for which the chance that fewer than k of n values
+    fall below the median (binomial, p = 1/2) stays within (1 - confidence) / 2. Too few values: all of them."""
+    ordered = sorted(values)
+    n, below, k = len(ordered), 0.0, 0
+    while k < n // 2:
+        below += math.comb(n, k) / 2**n  # P(exactly k values below the median)
+        if below > (1 - confidence) / 2:
+            break
+        k += 1
+    k = max(k, 1)
+    return ordered[k - 1], ordered[n - k]
+
+
 def compare(wrk: str, guard: Server, ceiling: Server, workload: Workload, body_file: Path,
             args: argparse.Namespace) -> dict:
     """Alternate guard and ceiling runs (which goes first alternates too); ratios are taken run by run."""
@@ -156,7 +172,7 @@ def compare(wrk: str, guard: Server, ceiling: Server, workload: Workload, body_f
         "workload": workload.name, "bytes": workload.size,
         "guard": {key: median(guard_runs, key) for key in keys},
         ceiling.name: {key: median(ceiling_runs, key) for key in keys},
-        "ratio": statistics.median(ratios), "ratios": ratios,
+        "ratio": statistics.median(ratios), "ratio_interval": median_interval(ratios), "ratios": ratios,
         "cpu_ratio": statistics.median(cpu_ratios), "runs": {"guard": guard_runs, ceiling.name: ceiling_runs},
     }
 
@@ -198,16 +214,17 @@ def report(results: list[dict], guard: Server, ceiling: Server, guard_busy: list
     other = ceiling.name  # "ceiling", or "reference" (another tree's guard)
     lines = [
         f"Machine: {machine()}; wrk -t{args.threads} -c{args.connections} -d{args.duration}s, "
-        f"median of {args.runs} runs, guard and {other} alternating.",
+        f"median of {args.runs} runs, guard and {other} alternating; the ratio's interval holds the median "
+        f"of such runs with 95 % confidence or more.",
         "",
-        f"| workload | body | guard reviews/s | {other} reviews/s | ratio | guard p50 ms | guard p99 ms "
+        f"| workload | body | guard reviews/s | {other} reviews/s | ratio (95 % interval) | guard p50 ms | guard p99 ms "
         f"| {other} p50 ms | {other} p99 ms | server CPU per review, guard / {other} | CPU ratio |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         g, c = r["guard"], r[other]
         lines.append(f"| {r['workload']} | {size_text(r['bytes'])} | {g['rps']:.0f} | {c['rps']:.0f} "
-                     f"| {r['ratio']:.2f} | {ms(g['p50_us'])} | {ms(g['p99_us'])} | {ms(c['p50_us'])} "
+                     f"| {r['ratio']:.2f} ({r['ratio_interval'][0]:.2f}-{r['ratio_interval'][1]:.2f}) | {ms(g['p50_us'])} | {ms(g['p99_us'])} | {ms(c['p50_us'])} "
                      f"| {ms(c['p99_us'])} | {ms(g['cpu_us'])} / {ms(c['cpu_us'])} ms | {r['cpu_ratio']:.2f} |")
     lines += [
         "",
@@ -241,7 +258,7 @@ def per_kib(seconds: float, size: int) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run [%(default)s]")
-    parser.add_argument("--runs", type=int, default=7, help="wrk runs per workload and server [%(default)s]")
+    parser.add_argument("--runs", type=int, default=15, help="wrk runs per workload and server [%(default)s]")
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections [%(default)s]")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads [%(default)s]")
     parser.add_argument("--big", type=int, default=1024 * 1024, help="big-cluster review size, bytes [%(default)s]")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import NO_LOAD_GENERATOR
+from bench.__main__ import NO_LOAD_GENERATOR, median_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,11 +28,21 @@ def test_benchmark_measures_every_figure(tmp_path):
     for row in figures["load"]:
         for server in ("guard", "ceiling"):
             assert row[server]["rps"] > 0 and 0 < row[server]["p50_us"] <= row[server]["p99_us"]
-        assert row["ratio"] > 0
+        assert 0 < row["ratio_interval"][0] <= row["ratio"] <= row["ratio_interval"][1]
     assert [row["object_bytes"] >= 10240 for row in figures["micro"]] == [True, True]
     assert all(row["dismissal_patch_s"] > 0 and row["label_decision_s"] > 0 for row in figures["micro"])
     assert figures["ready_s"]["guard"] > 0 and figures["idle_rss_mib"]["guard"]
     assert "| dismissal, /validate (denied) |" in done.stdout and "ready after start" in done.stdout
+
+
+def test_the_ratio_interval_is_the_order_statistics_a_binomial_allows():
+    """The k-th smallest and largest of n: P(at most k-1 of n below the median) <= 2.5 %, k as large as that
+    allows (n = 9: P(B <= 1) = 10/512, P(B <= 2) = 46/512; n = 21: P(B <= 5) = 0.013, P(B <= 6) = 0.039)."""
+    assert median_interval([5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0, 4.0, 6.0]) == (2.0, 8.0)
+    assert median_interval([float(v) for v in range(21)]) == (5.0, 15.0)
+    assert median_interval([float(v) for v in range(15)]) == (3.0, 11.0)
+    assert median_interval([0.9, 0.8, 1.0, 0.7, 0.95]) == (0.7, 1.0), "too few for 95 %: all of them"
+    assert median_interval([0.88]) == (0.88, 0.88)
 
 
 @pytest.mark.parametrize("layer", range(4))
