@@ -217,15 +217,17 @@ def report(results: list[dict], guard: Server, ceiling: Server, guard_busy: list
         f"median of {args.runs} runs, guard and {other} alternating; the ratio's interval holds the median "
         f"of such runs with 95 % confidence or more.",
         "",
-        f"| workload | body | guard reviews/s | {other} reviews/s | ratio (95 % interval) | guard p50 ms | guard p99 ms "
-        f"| {other} p50 ms | {other} p99 ms | server CPU per review, guard / {other} | CPU ratio |",
+        f"| workload | body | guard reviews/s | {other} reviews/s | ratio (95 % interval) | guard p50 ms "
+        f"| guard p99 ms | {other} p50 ms | {other} p99 ms | server CPU per review, guard / {other} | CPU ratio |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         g, c = r["guard"], r[other]
+        low, high = r["ratio_interval"]
         lines.append(f"| {r['workload']} | {size_text(r['bytes'])} | {g['rps']:.0f} | {c['rps']:.0f} "
-                     f"| {r['ratio']:.2f} ({r['ratio_interval'][0]:.2f}-{r['ratio_interval'][1]:.2f}) | {ms(g['p50_us'])} | {ms(g['p99_us'])} | {ms(c['p50_us'])} "
-                     f"| {ms(c['p99_us'])} | {ms(g['cpu_us'])} / {ms(c['cpu_us'])} ms | {r['cpu_ratio']:.2f} |")
+                     f"| {r['ratio']:.2f} ({low:.2f}-{high:.2f}) | {ms(g['p50_us'])} | {ms(g['p99_us'])} "
+                     f"| {ms(c['p50_us'])} | {ms(c['p99_us'])} | {ms(g['cpu_us'])} / {ms(c['cpu_us'])} ms "
+                     f"| {r['cpu_ratio']:.2f} |")
     lines += [
         "",
         "| server | ready after start | RSS per worker, idle (MiB) | RSS per worker, after the load (MiB) |",
