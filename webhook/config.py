@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from webhook.values import Aside
+from webhook.values import Aside, json_pointer
 
 READ_MESSAGE_LABEL = "harvesterhci.io/read-message"
 UPGRADE_CONTROLLER = "system:serviceaccount:harvester-system:harvester"
@@ -42,10 +42,10 @@ class FieldPath:
             raise ValueError(f"not a field path: {text!r} (use dots, or a JSON Pointer starting with /)")
         return cls(keys)
 
-    @property
+    @cached_property
     def pointer(self) -> str:
         """RFC 6901 pointer, escaped, as a JSON Patch needs it."""
-        return "".join("/" + k.replace("~", "~0").replace("/", "~1") for k in self.keys)
+        return json_pointer(self.keys)
 
     def __str__(self) -> str:
         return self.text

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Final, cast
 
 from webhook.config import Config, FieldPath
-from webhook.values import describe, lookup, same, same_except
+from webhook.values import describe, json_pointer, lookup, same, same_except
 
 GROUP: Final = "harvesterhci.io"
 KIND: Final = "Upgrade"
@@ -165,18 +165,20 @@ def decide(req: Request, config: Config) -> Decision:
 
 def restore_op(path: FieldPath, old: dict, new: dict) -> dict:
     """One whole-field operation that makes `new` hold exactly old's value at `path` (no `test`: it could fail)."""
-    present, old_value = _member(old, path.keys)
+    keys = path.keys
+    present, old_value = _member(old, keys)
     if not present:
         return {"op": "remove", "path": path.pointer}
     # `add` needs the parent to exist as a map in the written object; build what is missing around the value.
     node, depth = new, 0
-    while depth < len(path.keys) - 1 and isinstance(node.get(path.keys[depth]), dict):
-        node = node[path.keys[depth]]
+    while depth < len(keys) - 1 and isinstance(node.get(keys[depth]), dict):
+        node = node[keys[depth]]
         depth += 1
     value = old_value
-    for key in reversed(path.keys[depth + 1:]):
+    for key in reversed(keys[depth + 1:]):
         value = {key: value}
-    return {"op": "add", "path": FieldPath(path.keys[: depth + 1]).pointer, "value": value}
+    return {"op": "add", "path": path.pointer if depth == len(keys) - 1 else json_pointer(keys[: depth + 1]),
+            "value": value}
 
 
 def _member(obj: object, keys: tuple[str, ...]) -> tuple[bool, object]:

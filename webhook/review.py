@@ -5,7 +5,7 @@ The vocabulary follows controller-runtime: a review is answered Allowed, Denied 
 
 from __future__ import annotations
 
-import base64
+import binascii
 import math
 from typing import Final
 
@@ -131,7 +131,7 @@ class Review:
         return self._answer(response)
 
     def patched(self, patch: list[dict], warning: str, audit: dict[str, str]) -> dict:
-        encoded = base64.b64encode(jsoncodec.dumps(patch)).decode()
+        encoded = binascii.b2a_base64(jsoncodec.dumps(patch), newline=False).decode()
         return self._answer({
             "allowed": True,
             "patchType": "JSONPatch",

@@ -138,6 +138,11 @@ def lookup(obj: object, keys: tuple[str, ...]) -> object:
     return obj
 
 
+def json_pointer(keys: tuple[str, ...]) -> str:
+    """The RFC 6901 JSON Pointer to a path of map keys, escaped, as a JSON Patch names a member."""
+    return "".join(["/" + key.replace("~", "~0").replace("/", "~1") for key in keys])
+
+
 def _words(key: str, count: int) -> str:
     """`nodeStatuses`, 3 -> `3 node statuses`; `conditions`, 1 -> `1 condition`. A status has few keys, and the
     same ones in every review: the words are remembered (for short keys, and up to `_REMEMBERED` of them)."""
